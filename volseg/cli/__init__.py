@@ -1,0 +1,1 @@
+"""The ``volseg`` command line: one thin module per subcommand."""
