@@ -121,6 +121,8 @@ def read_image(path: str | os.PathLike, dtype: np.dtype | None = None,
     if not path.is_file():
         raise DatasetError(path, "file not found")
     check_nifti_complete(path)
+    if check_finite:
+        check_nifti_finite(path)
     try:
         image = sitk.ReadImage(str(path))
     except RuntimeError as e:
@@ -137,7 +139,7 @@ def read_image(path: str | os.PathLike, dtype: np.dtype | None = None,
     except RuntimeError as e:  # truncated payloads sometimes fail only here
         raise DatasetError(path, f"cannot read image data, the file is corrupt or truncated ({_first_line(e)})") from None
     if check_finite and np.issubdtype(array.dtype, np.floating) and not np.isfinite(array).all():
-        n = int((~np.isfinite(array)).sum())
+        n = int((~np.isfinite(array)).sum())  # other ITK formats keep NaN; NIfTI is checked above
         raise DatasetError(path, f"image holds {n} NaN or Inf voxels")
     if dtype is not None:
         array = array.astype(dtype, copy=False)
@@ -186,6 +188,26 @@ def check_nifti_complete(path: str | os.PathLike) -> None:
         raise DatasetError(path, f"gzip stream is truncated or corrupt ({e})") from None
     if total < expected:
         raise DatasetError(path, f"file is truncated: {total} bytes uncompressed, header needs {expected}")
+
+
+def check_nifti_finite(path: str | os.PathLike) -> None:
+    """Raise when a floating-point NIfTI holds NaN or Inf voxels.
+
+    ITK's NIfTI reader replaces NaN by 0 without a word, so the stored voxels are read
+    with nibabel (only for floating-point files) and counted.
+    """
+    path = Path(path)
+    if not path.name.endswith(NIFTI_ENDINGS):
+        return
+    import nibabel as nib
+
+    img = nib.load(str(path))
+    if not np.issubdtype(img.header.get_data_dtype(), np.floating):
+        return
+    raw = np.asanyarray(img.dataobj)
+    bad = int(raw.size - np.count_nonzero(np.isfinite(raw)))
+    if bad:
+        raise DatasetError(path, f"image holds {bad} NaN or Inf voxels")
 
 
 def to_sitk(array: np.ndarray, geometry: Geometry) -> sitk.Image:

@@ -1,0 +1,186 @@
+"""From a fingerprint to plans.json: every decision of every configuration.
+
+The planner is a chain of small ``determine_*`` functions; each configuration is plain
+data. Nothing downstream re-derives a decision: training, inference and evaluation read
+only the plan.
+
+Configurations:
+
+* ``3d_fullres`` — target spacing, patch and batch sized to the GPU memory budget
+  (``memory_gb``, default 8 GB, with mixed precision).
+* ``3d_lowres`` — only when the full-resolution patch covers less than a quarter of the
+  median image: spacing coarsened until it covers a quarter.
+* ``3d_cpu`` — sized for training on a CPU: at most ``cpu_gflop`` GFLOP of convolution per
+  iteration (≈1 s on 2 cores), half the features, spacing coarsened up to 2× when that
+  lets the patch cover more of the image (never so far that the smaller objects span
+  fewer than 3 voxels), and a short schedule.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from volseg import __version__
+from volseg.planning.memory import estimate_gflop, estimate_memory_gb
+from volseg.planning.normalization import determine_normalization
+from volseg.planning.patch import batch_size_for, fit_patch
+from volseg.planning.spacing import determine_target_spacing, resampled_shape
+
+PLANS_FORMAT = "volseg-plans"
+PLANS_VERSION = 1
+LOWRES_MIN_COVERAGE = 0.25
+CPU_MAX_SPACING_FACTOR = 2.0
+CPU_MIN_OBJECT_VOXELS = 3.0
+
+TRAINING_CUDA = {"epochs": 1000, "iterations_per_epoch": 250, "val_iterations": 50, "num_workers": 6}
+TRAINING_CPU = {"epochs": 30, "iterations_per_epoch": 20, "val_iterations": 4, "num_workers": 1}
+
+
+def determine_outputs(labels: dict) -> dict:
+    """What the network predicts: softmax over label values, or one sigmoid per region."""
+    regions = {k: v for k, v in labels.items() if isinstance(v, list)}
+    if regions:
+        return {"mode": "sigmoid", "num_outputs": len(regions), "regions": regions}
+    values = sorted(v for v in labels.values())
+    return {"mode": "softmax", "num_outputs": int(max(values)) + 1, "class_values": values}
+
+
+def plan_experiment(fingerprint: dict, memory_gb: float = 8.0, device: str = "cuda",
+                    cpu_gflop: float = 60.0, cpu_memory_gb: float = 8.0) -> dict:
+    """Derive plans.json from a fingerprint.
+
+    Args:
+        fingerprint: As written by ``volseg plan`` (see :mod:`volseg.fingerprint`).
+        memory_gb: GPU memory budget of ``3d_fullres`` / ``3d_lowres`` in GB.
+        device: The device training will run on, "cuda" or "cpu": it picks the
+            ``default_configuration`` (``3d_fullres`` or ``3d_cpu``).
+        cpu_gflop: Convolution GFLOP per training iteration allowed for ``3d_cpu``.
+        cpu_memory_gb: Memory budget of ``3d_cpu`` in GB.
+
+    Returns:
+        The plans as a JSON-ready dict (validate with :func:`volseg.planning.plans.validate_plans`).
+    """
+    ds = fingerprint["dataset"]
+    n_in = len(ds["channel_names"])
+    outputs = determine_outputs(ds["labels"])
+    n_out = outputs["num_outputs"]
+    spacing, aniso = determine_target_spacing(fingerprint["median_spacing"], fingerprint["spacing_percentiles"]["p10"],
+                                              fingerprint["median_shape_after_crop"])
+    median_shape = _median_resampled_shape(fingerprint, spacing)
+    n_cases = ds["num_cases"]
+
+    def fits_cuda(net: dict, patch: list[int]) -> bool:
+        return estimate_memory_gb(net, patch, 2, n_in, n_out, "cuda") <= memory_gb
+
+    configs = {"3d_fullres": _gpu_configuration(spacing, median_shape, fits_cuda, memory_gb, n_in, n_out, n_cases)}
+    coverage = np.prod(configs["3d_fullres"]["patch_size"]) / np.prod(median_shape)
+    if coverage < LOWRES_MIN_COVERAGE:
+        configs["3d_lowres"] = _lowres_configuration(fingerprint, spacing, fits_cuda, memory_gb, n_in, n_out, n_cases)
+    configs["3d_cpu"] = _cpu_configuration(fingerprint, spacing, cpu_gflop, cpu_memory_gb, n_in, n_out)
+    return {
+        "format": PLANS_FORMAT,
+        "version": PLANS_VERSION,
+        "volseg_version": __version__,
+        "dataset": {k: ds[k] for k in ("name", "task", "channel_names", "labels", "timepoints",
+                                       "instance_labels", "file_ending")},
+        "outputs": outputs,
+        "anisotropic": aniso,
+        "crop_to_nonzero": True,
+        "normalization": determine_normalization(ds["channel_names"], fingerprint["intensity"],
+                                                 fingerprint["median_fraction_kept_by_crop"]),
+        "default_configuration": "3d_fullres" if device == "cuda" else "3d_cpu",
+        "configurations": configs,
+    }
+
+
+def _median_resampled_shape(fingerprint: dict, spacing: list[float]) -> list[float]:
+    shapes = [resampled_shape(c["shape_after_crop"], c["spacing"], spacing) for c in fingerprint["cases"]]
+    return np.median(np.asarray(shapes, dtype=float), axis=0).tolist()
+
+
+def _gpu_configuration(spacing, median_shape, fits, memory_gb, n_in, n_out, n_cases) -> dict:
+    patch, network = fit_patch(spacing, median_shape, fits)
+    one = estimate_memory_gb(network, patch, 1, n_in, n_out, "cuda")
+    two = estimate_memory_gb(network, patch, 2, n_in, n_out, "cuda")
+    batch = batch_size_for(two - one, 2 * one - two, memory_gb, patch, median_shape, n_cases)
+    est = estimate_memory_gb(network, patch, batch, n_in, n_out, "cuda")
+    return _configuration(spacing, median_shape, patch, batch, network, "cuda", memory_gb, est,
+                          estimate_gflop(network, patch, batch, n_in, n_out), TRAINING_CUDA)
+
+
+def _lowres_configuration(fingerprint, spacing, fits, memory_gb, n_in, n_out, n_cases) -> dict:
+    low = list(spacing)
+    for _ in range(200):
+        finest = min(low)
+        low = [s * 1.03 if s < 2 * finest else s for s in low]
+        shape = _median_resampled_shape(fingerprint, low)
+        patch, _ = fit_patch(low, shape, fits)
+        if np.prod(patch) / np.prod(shape) >= LOWRES_MIN_COVERAGE:
+            break
+    config = _gpu_configuration(low, shape, fits, memory_gb, n_in, n_out, n_cases)
+    config["next_stage"] = "3d_fullres"
+    return config
+
+
+def _cpu_configuration(fingerprint, spacing, gflop, memory_gb, n_in, n_out) -> dict:
+    def fits(net: dict, patch: list[int]) -> bool:
+        return (estimate_gflop(net, patch, 2, n_in, n_out) <= gflop
+                and estimate_memory_gb(net, patch, 2, n_in, n_out, "cpu") <= memory_gb)
+
+    max_factor = _cpu_max_spacing_factor(fingerprint, spacing)
+    best = None
+    for factor in np.linspace(1.0, max_factor, 5):
+        sp = [s * factor for s in spacing]
+        shape = _median_resampled_shape(fingerprint, sp)
+        patch, network = fit_patch(sp, shape, fits, base_features=16, max_features=256)
+        coverage = float(np.prod(patch) / np.prod(shape))
+        if best is None or coverage > best[0] + 0.05:
+            best = (coverage, sp, shape, patch, network)
+        if coverage >= 0.5:
+            break
+    _, sp, shape, patch, network = best
+    return _configuration(sp, shape, patch, 2, network, "cpu", memory_gb,
+                          estimate_memory_gb(network, patch, 2, n_in, n_out, "cpu"),
+                          estimate_gflop(network, patch, 2, n_in, n_out), TRAINING_CPU)
+
+
+def _cpu_max_spacing_factor(fingerprint: dict, spacing: list[float]) -> float:
+    """How far ``3d_cpu`` may coarsen: ≤ 2×, and small objects keep ≥ 3 voxels across."""
+    small = [o["diameter_mm_p05"] for o in fingerprint.get("objects", {}).values()]
+    if not small:
+        return CPU_MAX_SPACING_FACTOR
+    by_objects = min(small) / CPU_MIN_OBJECT_VOXELS / max(spacing)
+    return float(np.clip(by_objects, 1.0, CPU_MAX_SPACING_FACTOR))
+
+
+def _configuration(spacing, median_shape, patch, batch, network, device, budget, est, gflop, training) -> dict:
+    from volseg.data.augmentation import default_augmentation
+    from volseg.training.losses import default_deep_supervision_weights
+
+    mirror_axes = [0, 1, 2]
+    return {
+        "spacing": [round(float(s), 6) for s in spacing],
+        "median_shape": [int(round(s)) for s in median_shape],
+        "patch_size": [int(p) for p in patch],
+        "batch_size": int(batch),
+        "device": device,
+        "memory_budget_gb": float(budget),
+        "memory_estimate_gb": round(float(est), 3),
+        "gflop_per_iteration": round(float(gflop), 2),
+        "resampling": {"image": "linear", "label": "linear_onehot"},
+        "network": network,
+        "training": {
+            "epochs": training["epochs"], "iterations_per_epoch": training["iterations_per_epoch"],
+            "val_iterations": training["val_iterations"],
+            "optimizer": {"name": "sgd", "lr": 0.01, "momentum": 0.99, "nesterov": True, "weight_decay": 3e-5},
+            "lr_schedule": {"name": "poly", "exponent": 0.9},
+            "grad_clip": 12.0,
+            "loss": {"name": "dice_ce", "deep_supervision_weights":
+                     default_deep_supervision_weights(len(network["strides"]) - 1)},
+            "foreground_oversampling": 0.33,
+            "num_workers": training["num_workers"],
+        },
+        "augmentation": default_augmentation([int(p) for p in patch], [float(s) for s in spacing], mirror_axes),
+        "inference": {"step_fraction": 0.5, "gaussian_sigma_scale": 0.125, "mirror_axes": mirror_axes,
+                      "tile_batch": int(batch)},
+    }

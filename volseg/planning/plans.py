@@ -1,0 +1,97 @@
+"""Loading, validating and saving plans.json; the plan hash that preprocessing records."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+from functools import lru_cache
+from pathlib import Path
+
+from volseg.errors import PlanError
+from volseg.io.atomic import write_json
+from volseg.io.dataset import load_dataset_json
+
+SCHEMA_NAME = "plans.schema.json"
+
+
+@lru_cache(maxsize=1)
+def plans_schema() -> dict:
+    """The JSON schema of plans.json (``plans/plans.schema.json`` in the source tree)."""
+    here = Path(__file__).resolve()
+    for candidate in (here.parents[2] / "plans" / SCHEMA_NAME,
+                      Path(sys.prefix) / "share" / "volseg" / "plans" / SCHEMA_NAME):
+        if candidate.is_file():
+            return json.loads(candidate.read_text(encoding="utf-8"))
+    raise FileNotFoundError(f"{SCHEMA_NAME} not found beside the volseg package or in {sys.prefix}/share/volseg")
+
+
+def validate_plans(plans: dict, path: str | os.PathLike | None = None) -> dict:
+    """Check ``plans`` against the schema and its internal consistency.
+
+    Raises:
+        PlanError: One line naming ``path``, the field and what is wrong.
+    """
+    import jsonschema
+
+    validator = jsonschema.Draft202012Validator(plans_schema())
+    errors = sorted(validator.iter_errors(plans), key=lambda e: list(e.absolute_path))
+    if errors:
+        e = errors[0]
+        where = "/".join(str(p) for p in e.absolute_path) or "(top level)"
+        raise PlanError(path, f"invalid plan at {where}: {e.message}")
+    if plans["default_configuration"] not in plans["configurations"]:
+        raise PlanError(path, f'default_configuration {plans["default_configuration"]!r} is not one of '
+                        f'{sorted(plans["configurations"])}')
+    n_channels = len(plans["dataset"]["channel_names"])
+    if len(plans["normalization"]) != n_channels:
+        raise PlanError(path, f"normalization has {len(plans['normalization'])} entries for {n_channels} channels")
+    for name, cfg in plans["configurations"].items():
+        net = cfg["network"]
+        n = len(net["features_per_stage"])
+        for key, want in (("kernel_sizes", n), ("strides", n), ("n_conv_per_stage", n), ("n_conv_per_stage_decoder", n - 1)):
+            if len(net[key]) != want:
+                raise PlanError(path, f"configurations/{name}/network/{key} has {len(net[key])} entries, expected {want}")
+        step = [1, 1, 1]
+        for s in net["strides"]:
+            step = [a * b for a, b in zip(step, s)]
+        bad = [p for p, s in zip(cfg["patch_size"], step) if p % s]
+        if bad:
+            raise PlanError(path, f"configurations/{name}/patch_size {cfg['patch_size']} is not a multiple of the "
+                            f"network's total stride {step}")
+    return plans
+
+
+def load_plans(path: str | os.PathLike) -> dict:
+    """Read and validate a plans.json file."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "plans.json"
+    plans = load_dataset_json(path)
+    if plans.get("format") != "volseg-plans":
+        raise PlanError(path, f"not a volseg plan (format {plans.get('format')!r})")
+    return validate_plans(plans, path)
+
+
+def save_plans(plans: dict, path: str | os.PathLike) -> Path:
+    """Validate and write ``plans`` atomically."""
+    validate_plans(plans, path)
+    return write_json(path, plans)
+
+
+def configuration(plans: dict, name: str | None, path: str | os.PathLike | None = None) -> tuple[str, dict]:
+    """The named configuration (default: the plan's ``default_configuration``)."""
+    name = name or plans["default_configuration"]
+    if name not in plans["configurations"]:
+        raise PlanError(path, f"no configuration {name!r} in the plan; it has {sorted(plans['configurations'])}")
+    return name, plans["configurations"][name]
+
+
+def preprocessing_hash(plans: dict, config_name: str) -> str:
+    """Hash of every plan field that changes the preprocessed data of ``config_name``."""
+    cfg = plans["configurations"][config_name]
+    key = {"spacing": cfg["spacing"], "resampling": cfg["resampling"], "normalization": plans["normalization"],
+           "crop_to_nonzero": plans["crop_to_nonzero"], "labels": plans["dataset"]["labels"],
+           "instance_labels": plans["dataset"].get("instance_labels", False), "format": 1}
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]

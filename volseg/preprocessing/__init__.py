@@ -1,0 +1,1 @@
+"""Cropping, resampling and normalization of cases into the on-disk training format."""
