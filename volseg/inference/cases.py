@@ -1,0 +1,97 @@
+"""Finding and reading the cases to predict: a folder of ``CASE_XXXX<ending>`` files, or single files."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from volseg.errors import DatasetError
+from volseg.io.dataset import group_channel_files
+from volseg.io.nifti import NIFTI_ENDINGS, Geometry, read_image
+
+
+@dataclass(frozen=True)
+class InputCase:
+    """One case to predict: its id and one file per channel (``None`` where one is missing)."""
+
+    case_id: str
+    images: tuple[Path | None, ...]
+
+
+def _ending_of(path: Path) -> str:
+    return next(e for e in NIFTI_ENDINGS if path.name.endswith(e))
+
+
+def find_input_cases(inputs: list[str | os.PathLike], num_channels: int) -> list[InputCase]:
+    """Group the inputs into cases.
+
+    Args:
+        inputs: Folders holding ``CASE_0000.nii.gz``-style files (both endings accepted),
+            or image files. For a single-channel model a file need not carry the
+            ``_0000`` suffix: its name without the ending is the case id.
+        num_channels: Channels the model expects.
+
+    Returns:
+        Cases sorted by id; a case with a missing channel keeps ``None`` in its place
+        (reported when it is read, so that the other cases still run).
+
+    Raises:
+        DatasetError: An input does not exist, or nothing to predict was found.
+    """
+    groups: dict[str, dict[int, Path]] = {}
+    for item in inputs:
+        p = Path(item)
+        if p.is_dir():
+            for ending in NIFTI_ENDINGS:
+                for case_id, chans in group_channel_files(p, ending).items():
+                    groups.setdefault(case_id, {}).update(chans)
+            if num_channels == 1:  # plain names (no _0000) in a folder of single-channel images
+                for f in sorted(p.iterdir()):
+                    if f.name.endswith(NIFTI_ENDINGS) and not f.name.startswith("."):
+                        stem = f.name[: -len(_ending_of(f))]
+                        if not any(f == c for chans in groups.values() for c in chans.values()):
+                            groups.setdefault(stem, {0: f})
+        elif p.is_file() and p.name.endswith(NIFTI_ENDINGS):
+            stem = p.name[: -len(_ending_of(p))]
+            if len(stem) > 5 and stem[-5] == "_" and stem[-4:].isdigit():
+                groups.setdefault(stem[:-5], {})[int(stem[-4:])] = p
+            else:
+                groups.setdefault(stem, {})[0] = p
+        else:
+            raise DatasetError(p, "input not found (expected a folder or a .nii/.nii.gz file)")
+    if not groups:
+        raise DatasetError(", ".join(str(i) for i in inputs), "no .nii/.nii.gz images to predict")
+    cases = []
+    for cid in sorted(groups):
+        n = max(num_channels, max(groups[cid]) + 1)
+        cases.append(InputCase(cid, tuple(groups[cid].get(c) for c in range(n))))
+    return cases
+
+
+def read_input_case(case: InputCase, num_channels: int) -> tuple[np.ndarray, Geometry]:
+    """Read and check the channels of one case.
+
+    Returns:
+        ``(images, geometry)``: float32 (C, Z, Y, X) and the geometry of channel 0.
+
+    Raises:
+        DatasetError: A channel is missing, unreadable, or differs in geometry from channel 0.
+    """
+    extra = [p for p in case.images[num_channels:] if p is not None]
+    if extra:
+        raise DatasetError(extra[0], f"case {case.case_id} has more channels than the model's {num_channels}")
+    arrays, geometry = [], None
+    for c, path in enumerate(case.images[:num_channels]):
+        if path is None:
+            raise DatasetError(case.case_id, f"channel {c} ({case.case_id}_{c:04d}) is missing; "
+                               f"the model expects {num_channels} channel(s)")
+        array, geom = read_image(path, dtype=np.float32)
+        if geometry is None:
+            geometry = geom
+        elif (diff := geometry.matches(geom)) is not None:
+            raise DatasetError(path, f"channel geometry differs from channel 0: {diff}")
+        arrays.append(array)
+    return np.stack(arrays), geometry

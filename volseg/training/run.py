@@ -1,0 +1,125 @@
+"""``volseg train`` as a library call: a plan folder and a fold in, a model folder out."""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from volseg.errors import ModelError, PlanError
+from volseg.planning.plans import configuration, load_plans, preprocessing_hash
+from volseg.training.distributed import init_distributed, shutdown
+from volseg.training.model_folder import fold_dir, model_hash, prepare_model_folder
+from volseg.training.splits import fold_cases, load_or_create_splits
+from volseg.training.trainer import Schedule, TrainState, resume, run_training
+
+log = logging.getLogger(__name__)
+
+
+def seed_everything(seed: int, deterministic: bool) -> None:
+    random.seed(seed)
+    np.random.seed(seed % (2 ** 32))
+    torch.manual_seed(seed)
+    if deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+    else:
+        torch.backends.cudnn.benchmark = True
+
+
+def preprocessed_cases(plan_dir: Path, plans: dict, config_name: str) -> list[str]:
+    """Ids of the cases preprocessed for ``config_name`` with the current plan.
+
+    Raises:
+        PlanError: The folder is missing or was made with another plan.
+    """
+    folder = plan_dir / "preprocessed" / config_name
+    props = sorted(folder.glob("*.json")) if folder.is_dir() else []
+    if not props:
+        raise PlanError(folder, f"no preprocessed cases; run: volseg plan DATASET -o {plan_dir} -c {config_name}")
+    import json
+
+    want = preprocessing_hash(plans, config_name)
+    stale = [p.stem for p in props if json.loads(p.read_text()).get("source", {}).get("plan_hash") != want]
+    if stale:
+        raise PlanError(folder, f"{len(stale)} cases (e.g. {stale[0]}) were preprocessed with another plan; "
+                        f"run volseg plan DATASET -o {plan_dir} -c {config_name} again")
+    return [p.stem for p in props]
+
+
+def train(plan_dir: str | os.PathLike, model_dir: str | os.PathLike | None = None, fold: int | str = 0,
+          config_name: str | None = None, epochs: int | None = None, iterations: int | None = None,
+          resume_training: bool = False, device: str = "auto", num_workers: int | None = None,
+          seed: int = 0, deterministic: bool | None = None, progress: bool = True) -> Path:
+    """Train one fold of a configuration.
+
+    Args:
+        plan_dir: Folder written by ``volseg plan`` (plans.json, preprocessed/).
+        model_dir: Model folder (default: ``plan_dir/models/<configuration>``).
+        fold: 0..4, or "all" (train on every case, no validation).
+        config_name: Configuration (default: the plan's default configuration).
+        epochs, iterations: Override the plan's epochs and iterations per epoch.
+        resume_training: Continue from ``checkpoint_latest.pt`` of this fold.
+        device: "cuda", "cpu" or "auto".
+        num_workers: Background augmentation processes (default: the plan's).
+        seed: Seed of weights, sampling and augmentation.
+        deterministic: Deterministic algorithms (default: on the CPU).
+
+    Returns:
+        The fold's folder inside the model folder.
+
+    Example:
+        >>> train("runs/ms_demo", fold=0, epochs=5)
+    """
+    from volseg.training.build import build_parts
+
+    plan_dir = Path(plan_dir)
+    plans = load_plans(plan_dir / "plans.json")
+    config_name, config = configuration(plans, config_name, plan_dir / "plans.json")
+    ctx = init_distributed(device)
+    deterministic = ctx.device.type == "cpu" if deterministic is None else deterministic
+    seed_everything(seed, deterministic)
+    case_ids = preprocessed_cases(plan_dir, plans, config_name)
+    model_dir = Path(model_dir) if model_dir else plan_dir / "models" / config_name
+    if ctx.is_main:
+        prepare_model_folder(model_dir, plan_dir, plans, config_name)
+        load_or_create_splits(model_dir / "splits.json", case_ids)
+    ctx.barrier()
+    splits = load_or_create_splits(model_dir / "splits.json", case_ids)
+    fold = str(fold)
+    train_ids, val_ids = fold_cases(splits, fold, model_dir / "splits.json")
+    out = fold_dir(model_dir, fold)
+    out.mkdir(parents=True, exist_ok=True)
+    tcfg = config["training"]
+    sched = Schedule(epochs=epochs or tcfg["epochs"], iterations_per_epoch=iterations or tcfg["iterations_per_epoch"],
+                     val_iterations=tcfg.get("val_iterations", 0) if val_ids else 0,
+                     base_lr=tcfg["optimizer"]["lr"], lr_schedule=tcfg["lr_schedule"], grad_clip=tcfg.get("grad_clip"),
+                     amp=ctx.device.type == "cuda")
+    state = TrainState()
+    plan_hash = model_hash(plans, config_name)
+    latest = out / "checkpoint_latest.pt"
+    workers = tcfg.get("num_workers", 2) if num_workers is None else num_workers
+    if not resume_training and latest.is_file():
+        raise ModelError(latest, "fold already has a checkpoint; pass --resume to continue it, or use another -o")
+    start_epoch = 0
+    if resume_training and latest.is_file():
+        from volseg.training.checkpoint import load_checkpoint
+
+        start_epoch = int(load_checkpoint(latest, plan_hash)["epoch"])
+    parts = build_parts(plans, config, plan_dir / "preprocessed" / config_name, train_ids, val_ids, ctx,
+                        num_workers=workers, seed=seed + 1000 * start_epoch)
+    try:
+        if resume_training and latest.is_file():
+            resume(parts, latest, plan_hash, state)
+            log.info("resuming fold %s at epoch %d", fold, state.epoch)
+        elif resume_training:
+            log.info("no checkpoint to resume in %s; starting fresh", out)
+        run_training(parts, sched, ctx, out, plan_hash, config_name, fold, state, progress)
+    finally:
+        parts.close()
+        shutdown(ctx)
+    return out
