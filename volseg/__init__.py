@@ -6,3 +6,14 @@ Stages (one subpackage each): ``io`` → ``fingerprint`` → ``planning`` →
 """
 
 __version__ = "0.1.0"
+
+_API = ("demo_data", "plan", "train", "predict", "evaluate")
+
+
+def __getattr__(name: str):
+    """``volseg.plan(...)`` and friends, imported on first use so that ``import volseg`` stays light."""
+    if name in _API:
+        from volseg import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'volseg' has no attribute {name!r}")

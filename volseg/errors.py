@@ -23,6 +23,9 @@ class VolsegError(ValueError):
         self.message = " ".join(str(message).split())
         super().__init__(f"{self.path}: {self.message}" if self.path else self.message)
 
+    def __reduce__(self):  # survive the trip back from worker processes
+        return (type(self), (self.path, self.message))
+
 
 class DatasetError(VolsegError):
     """The dataset folder or one of its files is invalid."""

@@ -37,6 +37,7 @@ class TrainParts:
     val_batches: Iterator[dict] | None
     wait_time: Callable[[], float]    # seconds spent waiting for batches so far
     mode: str                         # "softmax" or "sigmoid"
+    regions: dict | None = None       # sigmoid mode: region name → label values
     close: Callable[[], None] = lambda: None
 
 
@@ -118,6 +119,10 @@ def validate(parts: TrainParts, sched: Schedule, ctx: DistContext) -> tuple[floa
             loss = parts.loss(out, target)
         full = out[0] if isinstance(out, (list, tuple)) else out
         tgt = target[0] if isinstance(target, (list, tuple)) else target
+        if parts.mode == "sigmoid":
+            from volseg.training.losses import labels_to_regions
+
+            tgt = labels_to_regions(tgt, parts.regions)
         c = confusion_counts(full.float(), tgt, parts.mode).cpu()
         counts = c if counts is None else counts + c
         loss_sum += torch.tensor([float(loss), 1.0], dtype=torch.float64)

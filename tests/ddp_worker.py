@@ -1,0 +1,25 @@
+"""A process of the two-rank DDP test (importable by name, as torch.multiprocessing needs)."""
+
+import os
+
+import torch
+
+
+def ddp_worker(rank: int, world: int, port: int, plan_dir: str, out: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
+                      LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    import volseg.training.run as run_mod
+    from volseg.training import trainer
+
+    captured = {}
+    original = trainer.run_training
+
+    def spy(parts, *args, **kwargs):
+        state = original(parts, *args, **kwargs)
+        captured["weights"] = {k: v.detach().clone() for k, v in trainer._raw(parts.network).state_dict().items()}
+        return state
+
+    run_mod.run_training = spy
+    run_mod.train(plan_dir, out, fold=0, epochs=1, iterations=3, progress=False, device="cpu")
+    torch.save(captured["weights"], f"{out}/rank{rank}.pt")

@@ -1,0 +1,21 @@
+import pytest
+from synthetic import make_dataset
+
+from volseg.planning.run import plan_and_preprocess
+
+
+@pytest.fixture(scope="session")
+def tiny_plan(tmp_path_factory):
+    """A planned and preprocessed 4-case dataset whose 3d_cpu configuration trains in seconds."""
+    root = tmp_path_factory.mktemp("train")
+    data = make_dataset(root / "Dataset002_Tiny", n_cases=4, shape=(16, 32, 32), spacing=(1.0, 1.0, 1.0),
+                        direction=(1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0), n_labels=2)
+    out = root / "plan"
+    plans = plan_and_preprocess(data, out, device="cpu", num_workers=1, progress=False, cpu_gflop=2.0)
+    cfg = plans["configurations"]["3d_cpu"]
+    cfg["training"].update(epochs=2, iterations_per_epoch=3, val_iterations=1, num_workers=0)
+    cfg["batch_size"] = 2
+    from volseg.planning.plans import save_plans
+
+    save_plans(plans, out / "plans.json")
+    return out

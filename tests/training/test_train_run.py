@@ -1,0 +1,86 @@
+import json
+import socket
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+from ddp_worker import ddp_worker
+
+from volseg.cli.main import main
+from volseg.errors import ModelError, PlanError
+from volseg.training.checkpoint import load_checkpoint
+from volseg.training.run import train
+
+
+def _weights(path):
+    return load_checkpoint(path)["network"]
+
+
+def test_tiny_run_lowers_loss_and_writes_model_folder(tiny_plan, tmp_path):
+    fold_dir = train(tiny_plan, tmp_path / "model", fold=0, epochs=4, iterations=6, progress=False)
+    records = [json.loads(line) for line in (fold_dir / "log.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records] == [0, 1, 2, 3]
+    assert records[-1]["train_loss"] < records[0]["train_loss"]
+    assert 0.0 <= records[-1]["data_wait_share"] <= 1.0
+    for name in ("checkpoint_latest.pt", "checkpoint_final.pt", "progress.png"):
+        assert (fold_dir / name).is_file(), name
+    model = fold_dir.parent
+    for name in ("plans.json", "model.json", "splits.json", "fingerprint.json", "dataset.json"):
+        assert (model / name).is_file(), name
+    torch.load(fold_dir / "checkpoint_final.pt", weights_only=True)
+
+
+def test_same_seed_same_weights(tiny_plan, tmp_path):
+    a = train(tiny_plan, tmp_path / "a", fold=0, epochs=1, iterations=2, progress=False, seed=3)
+    b = train(tiny_plan, tmp_path / "b", fold=0, epochs=1, iterations=2, progress=False, seed=3)
+    wa, wb = _weights(a / "checkpoint_final.pt"), _weights(b / "checkpoint_final.pt")
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_resume_continues_where_it_stopped(tiny_plan, tmp_path):
+    model = tmp_path / "m"
+    fold_dir = train(tiny_plan, model, fold=1, epochs=1, iterations=2, progress=False)
+    assert load_checkpoint(fold_dir / "checkpoint_latest.pt")["epoch"] == 1
+    with pytest.raises(ModelError, match="pass --resume"):
+        train(tiny_plan, model, fold=1, epochs=2, iterations=2, progress=False)
+    train(tiny_plan, model, fold=1, epochs=2, iterations=2, progress=False, resume_training=True)
+    assert load_checkpoint(fold_dir / "checkpoint_latest.pt")["epoch"] == 2
+    assert [json.loads(x)["epoch"] for x in (fold_dir / "log.jsonl").read_text().splitlines()] == [0, 1]
+
+
+def test_bad_inputs(tiny_plan, tmp_path, capsys):
+    with pytest.raises(ModelError, match="fold 9 does not exist"):
+        train(tiny_plan, tmp_path / "m", fold=9, progress=False)
+    with pytest.raises(PlanError, match="no configuration 'nope'"):
+        train(tiny_plan, tmp_path / "m", config_name="nope", progress=False)
+    with pytest.raises(PlanError, match="no preprocessed cases"):
+        train(tiny_plan, tmp_path / "m", config_name="3d_fullres", progress=False)
+    assert main(["train", str(tmp_path / "nowhere"), "--fold", "0"]) == 2
+    assert "plans.json: file not found" in capsys.readouterr().err
+
+
+def test_checkpoint_of_another_plan_is_refused(tiny_plan, tmp_path):
+    model = tmp_path / "m"
+    train(tiny_plan, model, fold=0, epochs=1, iterations=1, progress=False)
+    record = json.loads((model / "model.json").read_text())
+    record["plan_hash"] = "0000"
+    (model / "model.json").write_text(json.dumps(record))
+    with pytest.raises(ModelError, match="another plan"):
+        train(tiny_plan, model, fold=0, epochs=1, iterations=1, progress=False, resume_training=True)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_ddp_two_cpu_ranks_stay_in_sync(tiny_plan, tmp_path):
+    out = tmp_path / "ddp"
+    out.mkdir()
+    mp.spawn(ddp_worker, args=(2, _free_port(), str(tiny_plan), str(out)), nprocs=2, join=True)
+    w0 = torch.load(out / "rank0.pt", weights_only=True)
+    w1 = torch.load(out / "rank1.pt", weights_only=True)
+    saved = _weights(out / "fold_0" / "checkpoint_final.pt")
+    assert all(torch.equal(w0[k], w1[k]) for k in w0)
+    assert all(torch.equal(w0[k], saved[k]) for k in w0)  # rank 0 wrote what both hold

@@ -1,0 +1,38 @@
+"""The pipeline from Python: the same steps as the command line, one call each.
+
+Example:
+    >>> import volseg
+    >>> volseg.demo_data("ms", "data/ms_demo", num_cases=12)
+    >>> plans = volseg.plan("data/ms_demo", "runs/ms_demo", device="cpu")
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def demo_data(kind: str, out_dir: str | os.PathLike, num_cases: int = 12, seed: int = 0) -> Path:
+    """Write the ``lung`` or ``ms`` demo dataset to ``out_dir`` (see ``volseg demo-data``)."""
+    from volseg.demo import generate_lung_dataset, generate_ms_dataset
+
+    if kind == "lung":
+        return generate_lung_dataset(out_dir, num_cases=num_cases, seed=seed)
+    if kind == "ms":
+        return generate_ms_dataset(out_dir, num_cases=num_cases, seed=seed)
+    raise ValueError(f"unknown demo dataset {kind!r}; expected 'lung' or 'ms'")
+
+
+def plan(dataset_dir: str | os.PathLike, out_dir: str | os.PathLike, **kwargs) -> dict:
+    """Fingerprint, plan and preprocess (see :func:`volseg.planning.run.plan_and_preprocess`)."""
+    from volseg.planning.run import plan_and_preprocess
+
+    return plan_and_preprocess(dataset_dir, out_dir, **kwargs)
+
+
+def train(plan_dir: str | os.PathLike, model_dir: str | os.PathLike | None = None, fold: int | str = 0,
+          **kwargs) -> Path:
+    """Train one fold (see :func:`volseg.training.run.train`)."""
+    from volseg.training.run import train as _train
+
+    return _train(plan_dir, model_dir, fold=fold, **kwargs)
