@@ -54,7 +54,8 @@ class Geometry:
         for name in ("spacing", "origin", "direction"):
             a, b = np.asarray(getattr(self, name)), np.asarray(getattr(other, name))
             if not np.allclose(a, b, rtol=rtol, atol=atol):
-                return f"{name} {tuple(np.round(b, 5))} differs from {tuple(np.round(a, 5))}"
+                return (f"{name} {tuple(float(x) for x in np.round(b, 5))} differs from "
+                        f"{tuple(float(x) for x in np.round(a, 5))}")
         return None
 
     def voxel_to_world(self, zyx: np.ndarray) -> np.ndarray:

@@ -1,0 +1,66 @@
+"""Writing the evaluation outputs: ``summary.json`` and ``cases.csv`` (atomically)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import os
+from pathlib import Path
+
+from volseg.evaluation.case import METRICS
+from volseg.evaluation.lesions import detection_scores
+from volseg.io.atomic import write_json, write_text
+
+LESION_COLUMNS = tuple(detection_scores(0, 0, 0, 0, 0.0))
+
+
+def json_safe(obj):
+    """Replace NaN and infinities by ``None`` (JSON has no NaN) and tuples by lists, recursively."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {str(k): json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    return obj
+
+
+def write_summary(path: str | os.PathLike, summary: dict) -> Path:
+    """Write ``summary`` as JSON with NaN written as ``null``."""
+    return write_json(path, json_safe(summary))
+
+
+def case_rows(cases: list[dict], lesion_wise: bool) -> tuple[list[str], list[list]]:
+    """One row per (case, label or region); one row with the error for a failed case."""
+    header = ["case", "status", "label", *METRICS]
+    if lesion_wise:
+        header += [f"lesion_{c}" for c in LESION_COLUMNS]
+    header.append("error")
+    rows = []
+    for case in cases:
+        if case["status"] != "ok":
+            rows.append([case["case"], case["status"]] + [""] * (len(header) - 3) + [case.get("error", "")])
+            continue
+        for name, m in case["metrics"].items():
+            row = [case["case"], "ok", name, *(_cell(m[k]) for k in METRICS)]
+            if lesion_wise:
+                row += [_cell(m.get("lesions", {}).get(c, "")) for c in LESION_COLUMNS]
+            rows.append(row + [""])
+    return header, rows
+
+
+def write_case_csv(path: str | os.PathLike, cases: list[dict], lesion_wise: bool) -> Path:
+    """Write the per-case table (NaN as an empty cell)."""
+    header, rows = case_rows(cases, lesion_wise)
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(header)
+    writer.writerows(rows)
+    return write_text(path, buf.getvalue())
+
+
+def _cell(value):
+    if isinstance(value, float):
+        return "" if not math.isfinite(value) else f"{value:.6g}"
+    return value
