@@ -36,3 +36,31 @@ def train(plan_dir: str | os.PathLike, model_dir: str | os.PathLike | None = Non
     from volseg.training.run import train as _train
 
     return _train(plan_dir, model_dir, fold=fold, **kwargs)
+
+
+def predict(inputs: str | os.PathLike | list, out_dir: str | os.PathLike, model_dir: str | os.PathLike,
+            folds: list[str] | None = None, checkpoint: str = "final", resume: bool = False,
+            progress: bool = True, **options) -> dict:
+    """Predict every case of ``inputs`` (folders or files) with a model folder.
+
+    ``options`` are the fields of :class:`volseg.inference.predictor.PredictOptions`
+    (``tta``, ``save_probabilities``, ``save_uncertainty``, ``device``, ...).
+
+    Returns:
+        The prediction summary (also written to ``out_dir/summary.json``).
+    """
+    from volseg.inference.model import load_model
+    from volseg.inference.predictor import PredictOptions, predict_folder, resolve_device
+
+    opts = PredictOptions(**options)
+    model = load_model(model_dir, folds, checkpoint, resolve_device(opts.device))
+    inputs = inputs if isinstance(inputs, list) else [inputs]
+    return predict_folder(inputs, out_dir, model, opts, resume=resume, progress=progress)
+
+
+def evaluate(pred_dir: str | os.PathLike, ref_dir: str | os.PathLike, out_dir: str | os.PathLike,
+             **kwargs) -> dict:
+    """Score predictions against references (see :func:`volseg.evaluation.evaluate_folders`)."""
+    from volseg.evaluation import evaluate_folders
+
+    return evaluate_folders(pred_dir, ref_dir, out_dir, **kwargs)

@@ -19,8 +19,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
                    help="device training will run on; picks the default configuration (3d_fullres on cuda, "
                    "3d_cpu on cpu; default: what this machine has)")
-    p.add_argument("--cpu-gflop", type=float, default=60.0,
-                   help="convolution GFLOP per training iteration of 3d_cpu (default 60, about 1 s on 2 cores)")
+    p.add_argument("--cpu-gflop", type=float, default=100.0,
+                   help="convolution GFLOP per training iteration of 3d_cpu (default 100, about 1 s on 2 cores)")
     p.add_argument("-c", "--configurations", nargs="+", metavar="NAME",
                    help="configurations to preprocess (default: the plan's default configuration)")
     p.add_argument("--no-preprocess", action="store_true", help="only fingerprint and plan")

@@ -24,6 +24,7 @@ class LoadedModel:
     config: dict
     networks: list[torch.nn.Module]
     folds: list[str]
+    postprocessing: dict | None = None  # {"rules": [...]} from postprocessing.json
 
     @property
     def num_channels(self) -> int:
@@ -70,4 +71,9 @@ def load_model(model_dir: str | os.PathLike, folds: list[str] | None = None, che
         if hasattr(net, "deep_supervision"):
             net.deep_supervision = False
         networks.append(net.to(device).eval())
-    return LoadedModel(root, plans, name, config, networks, folds)
+    post = None
+    if (root / "postprocessing.json").is_file():
+        from volseg.io.dataset import load_dataset_json
+
+        post = load_dataset_json(root / "postprocessing.json")
+    return LoadedModel(root, plans, name, config, networks, folds, post)

@@ -46,7 +46,7 @@ def determine_outputs(labels: dict) -> dict:
 
 
 def plan_experiment(fingerprint: dict, memory_gb: float = 8.0, device: str = "cuda",
-                    cpu_gflop: float = 60.0, cpu_memory_gb: float = 8.0) -> dict:
+                    cpu_gflop: float = 100.0, cpu_memory_gb: float = 8.0) -> dict:
     """Derive plans.json from a fingerprint.
 
     Args:

@@ -26,7 +26,7 @@ def default_device() -> str:
 
 
 def plan_and_preprocess(dataset_dir: str | os.PathLike, out_dir: str | os.PathLike, *,
-                        memory_gb: float = 8.0, device: str = "auto", cpu_gflop: float = 60.0,
+                        memory_gb: float = 8.0, device: str = "auto", cpu_gflop: float = 100.0,
                         configurations: list[str] | None = None, preprocess: bool = True,
                         num_workers: int = 2, overwrite_plans: bool = False, progress: bool = True) -> dict:
     """Fingerprint a dataset, plan it, and preprocess its training cases.

@@ -1,0 +1,84 @@
+import json
+
+import numpy as np
+import pytest
+from synthetic import ROTATED, blob_case
+
+from volseg.cli.main import main
+from volseg.errors import ModelError
+from volseg.inference.model import load_model
+from volseg.io.nifti import Geometry, read_image, write_image
+
+
+@pytest.fixture()
+def inputs(tmp_path):
+    """Three cases on grids unlike the training grid (rotated, anisotropic, odd sizes), one bad file."""
+    folder = tmp_path / "in"
+    geoms = {"a": Geometry((18, 30, 33), (1.3, 0.9, 1.1), (5.0, -3.0, 20.0), ROTATED),
+             "b": Geometry((9, 12, 10), (1.0, 1.0, 1.0)),  # smaller than the patch
+             "c": Geometry((16, 32, 32), (1.0, 1.0, 1.0), (1.0, 2.0, 3.0))}
+    for i, (name, g) in enumerate(geoms.items()):
+        image, _ = blob_case(g.shape, seed=10 + i, n_labels=2)
+        write_image(folder / f"{name}_0000.nii.gz", image, g)
+    (folder / "zbad_0000.nii.gz").write_bytes(b"\x1f\x8b\x08\x00broken")
+    return folder, geoms
+
+
+def test_outputs_keep_input_geometry_and_bad_case_is_skipped(tiny_model, inputs, tmp_path, capsys):
+    folder, geoms = inputs
+    out = tmp_path / "out"
+    code = main(["predict", "-i", str(folder), "-o", str(out), "-m", str(tiny_model), "--save-probabilities",
+                 "--save-uncertainty", "--no-progress"])
+    assert code == 1  # one case failed
+    printed = capsys.readouterr().out
+    assert "3 predicted, 0 skipped, 1 failed" in printed and "zbad_0000.nii.gz" in printed
+    for name, g in geoms.items():
+        labels, lg = read_image(out / f"{name}.nii.gz")
+        assert lg.matches(g) is None and labels.dtype == np.uint8
+        assert set(np.unique(labels)) <= {0, 1, 2}
+        ent, eg = read_image(out / f"{name}_entropy.nii.gz")
+        assert eg.matches(g) is None and (ent >= 0).all() and (ent <= np.log(3) + 1e-3).all()
+        probs = np.load(out / f"{name}_probabilities.npz")["probabilities"]
+        assert probs.shape == (3, *g.shape) and probs.dtype == np.float16
+        np.testing.assert_allclose(probs.astype(np.float32).sum(0), 1.0, atol=5e-3)
+        np.testing.assert_array_equal(probs.argmax(0), labels)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["counts"] == {"done": 3, "skipped": 0, "failed": 1}
+    assert summary["folds"] == ["0", "1"]
+
+
+def test_resume_skips_finished_cases(tiny_model, inputs, tmp_path):
+    folder, _ = inputs
+    (folder / "zbad_0000.nii.gz").unlink()
+    out = tmp_path / "out"
+    assert main(["predict", "-i", str(folder), "-o", str(out), "-m", str(tiny_model), "--no-progress"]) == 0
+    before = (out / "a.nii.gz").stat().st_mtime_ns
+    (out / "b.nii.gz").unlink()  # as if killed before b was written
+    assert main(["predict", "-i", str(folder), "-o", str(out), "-m", str(tiny_model), "--resume",
+                 "--no-progress"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["counts"] == {"done": 1, "skipped": 2, "failed": 0}
+    assert (out / "a.nii.gz").stat().st_mtime_ns == before and (out / "b.nii.gz").is_file()
+
+
+def test_inputs_never_modified(tiny_model, inputs, tmp_path):
+    folder, _ = inputs
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    main(["predict", "-i", str(folder), "-o", str(tmp_path / "o"), "-m", str(tiny_model), "--no-progress", "--no-tta"])
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+
+
+def test_wrong_channel_count_is_reported(tiny_model, inputs, tmp_path, capsys):
+    folder, geoms = inputs
+    image, _ = blob_case(geoms["c"].shape, seed=1)
+    write_image(folder / "c_0001.nii.gz", image, geoms["c"])
+    main(["predict", "-i", str(folder), "-o", str(tmp_path / "o"), "-m", str(tiny_model), "--no-progress"])
+    assert "more channels than the model's 1" in capsys.readouterr().out
+
+
+def test_single_folds_and_bad_model(tiny_model, tmp_path):
+    assert load_model(tiny_model, ["1"]).folds == ["1"]
+    with pytest.raises(ModelError, match="checkpoint not found"):
+        load_model(tiny_model, ["4"])
+    with pytest.raises(ModelError, match="not a volseg model folder"):
+        load_model(tmp_path)

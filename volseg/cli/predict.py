@@ -1,0 +1,52 @@
+"""``volseg predict``: segment NIfTI cases with a trained model folder."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_parser(sub) -> argparse.ArgumentParser:
+    p = sub.add_parser(
+        "predict", help="predict label maps (and probability/uncertainty maps) with a trained model",
+        description="Sliding-window prediction with Gaussian weighting, mirroring TTA and fold ensembling. Each "
+        "output has exactly the input's size, spacing, origin and direction. A bad case is reported and skipped; "
+        "the exit status is non-zero if any case failed. Outputs are written atomically; inputs are never touched.")
+    p.add_argument("-i", "--input", nargs="+", required=True,
+                   help="folder(s) of CASE_0000.nii.gz-style files (one per channel), or image files")
+    p.add_argument("-o", "--out", required=True, help="output folder")
+    p.add_argument("-m", "--model", required=True, help="model folder written by volseg train")
+    p.add_argument("-f", "--folds", nargs="+", help="folds to ensemble (default: every trained fold)")
+    p.add_argument("--checkpoint", choices=["final", "best", "latest"], default="final",
+                   help="which checkpoint of each fold (default final)")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="default: cuda if available")
+    p.add_argument("--step", type=float, help="tile step as a fraction of the patch (default: the plan's, 0.5)")
+    p.add_argument("--no-tta", action="store_true", help="no mirroring test-time augmentation")
+    p.add_argument("--save-probabilities", action="store_true",
+                   help="also write CASE_probabilities.npz (fp16, (K, Z, Y, X))")
+    p.add_argument("--save-uncertainty", action="store_true",
+                   help="also write CASE_entropy.nii.gz (voxel-wise predictive entropy in nats)")
+    p.add_argument("--no-postprocessing", action="store_true", help="skip the model's connected-component rules")
+    p.add_argument("--memory-gb", type=float,
+                   help="memory budget of the stitching buffers; above it z-slab mode is used (default: automatic)")
+    p.add_argument("--backend", choices=["auto", "torch", "triton"], default="auto",
+                   help="stitching kernels: Triton on CUDA, torch on the CPU (default auto)")
+    p.add_argument("--resume", action="store_true", help="skip cases whose label file already exists")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    from volseg.inference.model import load_model
+    from volseg.inference.predictor import PredictOptions, predict_folder, resolve_device
+
+    options = PredictOptions(step_fraction=args.step, tta=not args.no_tta, save_probabilities=args.save_probabilities,
+                             save_uncertainty=args.save_uncertainty, device=args.device, backend=args.backend,
+                             memory_budget_gb=args.memory_gb, postprocess=not args.no_postprocessing)
+    model = load_model(args.model, args.folds, args.checkpoint, resolve_device(args.device))
+    summary = predict_folder(args.input, args.out, model, options, resume=args.resume, progress=not args.no_progress)
+    counts = summary["counts"]
+    print(f"{counts['done']} predicted, {counts['skipped']} skipped, {counts['failed']} failed → {args.out}")
+    for case_id, rec in summary["cases"].items():
+        if rec["status"] == "failed":
+            print(f"  failed {case_id}: {rec['error']}")
+    return 1 if counts["failed"] else 0

@@ -1,0 +1,57 @@
+"""Writing one case's predictions atomically, in a background thread."""
+
+from __future__ import annotations
+
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+from volseg.io.atomic import atomic_path
+from volseg.io.nifti import Geometry, write_image
+
+
+def export_case(out_dir: Path, case_id: str, ending: str, geometry: Geometry, labels: np.ndarray,
+                probabilities: np.ndarray | None = None, entropy: np.ndarray | None = None) -> list[Path]:
+    """Write ``CASE<ending>`` (labels), and optionally ``CASE_probabilities.npz`` (fp16, (K, Z, Y, X))
+    and ``CASE_entropy<ending>`` (entropy in nats, float32 NIfTI). The label file is written last:
+    its presence means the case is complete (what ``--resume`` checks)."""
+    written = []
+    if probabilities is not None:
+        path = out_dir / f"{case_id}_probabilities.npz"
+        with atomic_path(path) as tmp:
+            np.savez_compressed(tmp, probabilities=probabilities.astype(np.float16),
+                                spacing=np.asarray(geometry.spacing), axis_order=np.array("kzyx"))
+        written.append(path)
+    if entropy is not None:
+        written.append(write_image(out_dir / f"{case_id}_entropy{ending}", entropy.astype(np.float32), geometry))
+    written.append(write_image(out_dir / f"{case_id}{ending}", labels.astype(np.uint8), geometry))
+    return written
+
+
+class BackgroundExporter:
+    """Runs :func:`export_case` calls one at a time in a worker thread, so the next case can
+    start on the network while the previous one is compressed and written."""
+
+    def __init__(self) -> None:
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="volseg-export")
+        self._pending: list[Future] = []
+        self._lock = threading.Lock()
+
+    def submit(self, *args, **kwargs) -> Future:
+        fut = self._pool.submit(export_case, *args, **kwargs)
+        with self._lock:
+            self._pending.append(fut)
+        return fut
+
+    def wait(self) -> None:
+        """Block until every submitted export is done (re-raising the first failure)."""
+        with self._lock:
+            pending, self._pending = self._pending, []
+        for fut in pending:
+            fut.result()
+
+    def close(self) -> None:
+        self.wait()
+        self._pool.shutdown()
