@@ -38,8 +38,12 @@ def run(cmd: list[str], env: dict | None = None) -> float:
     return time.perf_counter() - t0
 
 
-def make_dataset(kind: str, cases: int, root: Path) -> Path:
+def make_dataset(kind: str, cases: int, root: Path, source: Path | None = None) -> Path:
+    """The benchmark dataset under ``root``: a demo dataset, or a copy of ``source``."""
     out = root / "Dataset501_VolsegDemo"
+    if source is not None:
+        shutil.copytree(source, out, dirs_exist_ok=True)
+        return out
     run([sys.executable, "-m", "volseg", "demo-data", kind, "--out", str(out), "--cases", str(cases), "--seed", "0"])
     if kind == "lung":  # nnU-Net reads label maps as classes: turn instances into one "nodule" class
         import numpy as np
@@ -103,11 +107,12 @@ def main() -> None:
     ap.add_argument("--cases", type=int, default=12)
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 2)
     ap.add_argument("--nnunet-python", type=Path, default=DEFAULT_PEER)
+    ap.add_argument("--dataset-dir", type=Path, help="use this dataset folder instead of a demo dataset")
     ap.add_argument("--work", type=Path, help="working folder (default: a temporary one)")
     args = ap.parse_args()
     root = args.work or Path(tempfile.mkdtemp(prefix="volseg_plan_bench_"))
     root.mkdir(parents=True, exist_ok=True)
-    dataset = make_dataset(args.dataset, args.cases, root)
+    dataset = make_dataset(args.dataset, args.cases, root, args.dataset_dir)
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; "
           f"dataset: {args.dataset} demo, {args.cases} cases; workers: {args.workers}")
     t_vs, vs = volseg_plan(dataset, root / "volseg", args.workers)

@@ -169,6 +169,7 @@ def run_training(parts: TrainParts, sched: Schedule, ctx: DistContext, out_dir: 
         while state.epoch < sched.epochs:
             t0 = time.perf_counter()
             train_loss, waited = train_epoch(parts, sched, state, ctx, scaler, bar)
+            train_seconds = time.perf_counter() - t0
             val_loss, dice = validate(parts, sched, ctx)
             finite = [d for d in dice if not math.isnan(d)]
             mean_dice = float(sum(finite) / len(finite)) if finite else float("nan")
@@ -178,8 +179,8 @@ def run_training(parts: TrainParts, sched: Schedule, ctx: DistContext, out_dir: 
             seconds = time.perf_counter() - t0
             record = {"epoch": state.epoch, "train_loss": train_loss, "val_loss": val_loss,
                       "pseudo_dice": dice, "pseudo_dice_mean": mean_dice, "pseudo_dice_ema": state.ema_dice,
-                      "lr": parts.optimizer.param_groups[0]["lr"], "epoch_seconds": seconds,
-                      "data_wait_seconds": waited, "data_wait_share": waited / max(seconds, 1e-9)}
+                      "lr": parts.optimizer.param_groups[0]["lr"], "epoch_seconds": seconds, "train_seconds": train_seconds,
+                      "data_wait_seconds": waited, "data_wait_share": waited / max(train_seconds, 1e-9)}
             state.epoch += 1
             improved = state.ema_dice is not None and state.ema_dice > state.best_ema
             if improved:
