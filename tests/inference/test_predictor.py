@@ -41,7 +41,7 @@ def test_outputs_keep_input_geometry_and_bad_case_is_skipped(tiny_model, inputs,
         probs = np.load(out / f"{name}_probabilities.npz")["probabilities"]
         assert probs.shape == (3, *g.shape) and probs.dtype == np.float16
         np.testing.assert_allclose(probs.astype(np.float32).sum(0), 1.0, atol=5e-3)
-        np.testing.assert_array_equal(probs.argmax(0), labels)
+        assert (probs.argmax(0) != labels).mean() < 1e-3  # ties after fp16 rounding
     summary = json.loads((out / "summary.json").read_text())
     assert summary["counts"] == {"done": 3, "skipped": 0, "failed": 1}
     assert summary["folds"] == ["0", "1"]

@@ -1,0 +1,182 @@
+"""One pass from the accumulator to outputs: normalize, softmax, argmax, max probability, entropy.
+
+Input: the fp32 (K, Z, Y, X) accumulator (or a z-slab of it) and the three 1D normalizers
+(see :mod:`volseg.kernels.gaussian`). Outputs: uint8 labels (Z, Y, X); optionally fp16
+probabilities (K, Z, Y, X), fp16 maximum probability and fp16 entropy (nats) (Z, Y, X).
+:func:`finalize_torch` works in z-chunks so that its float temporaries stay small;
+:func:`finalize_triton` keeps everything in registers and writes each output once.
+Sigmoid mode (one independent channel per region) gives per-channel probabilities and the
+mean binary entropy; its labels are painted by the caller from the regions.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+CHUNK_VOXELS = 1 << 22
+BLOCK = 512
+
+
+@dataclass
+class Finalized:
+    """Outputs of a finalize pass; ``None`` for those not asked for."""
+
+    labels: torch.Tensor | None
+    probabilities: torch.Tensor | None = None
+    max_prob: torch.Tensor | None = None
+    entropy: torch.Tensor | None = None
+
+
+def _alloc(k: int, shape, device, mode: str, probs: bool, unc: bool) -> Finalized:
+    z, y, x = shape
+    return Finalized(
+        labels=torch.empty((z, y, x), dtype=torch.uint8, device=device) if mode == "softmax" else None,
+        probabilities=torch.empty((k, z, y, x), dtype=torch.float16, device=device) if probs else None,
+        max_prob=torch.empty((z, y, x), dtype=torch.float16, device=device) if unc else None,
+        entropy=torch.empty((z, y, x), dtype=torch.float16, device=device) if unc else None)
+
+
+def finalize_torch(acc: torch.Tensor, nz: torch.Tensor, ny: torch.Tensor, nx: torch.Tensor, mode: str = "softmax",
+                   return_probabilities: bool = False, return_uncertainty: bool = False) -> Finalized:
+    """Reference path; see the module docstring. ``nz`` covers exactly the z-range of ``acc``."""
+    k, zs, ys, xs = acc.shape
+    out = _alloc(k, (zs, ys, xs), acc.device, mode, return_probabilities, return_uncertainty)
+    inv_yx = (1.0 / (ny[:, None] * nx[None, :]))
+    step = max(1, CHUNK_VOXELS // max(ys * xs, 1))
+    for z0 in range(0, zs, step):
+        z1 = min(zs, z0 + step)
+        v = acc[:, z0:z1] * (inv_yx[None, None] / nz[z0:z1, None, None][None])
+        if mode == "softmax":
+            logp = torch.log_softmax(v, dim=0)
+            p = logp.exp()
+            out.labels[z0:z1] = v.argmax(0).to(torch.uint8)
+            if return_uncertainty:
+                out.max_prob[z0:z1] = p.max(0).values.half()
+                out.entropy[z0:z1] = (-(p * logp).sum(0)).half()
+        else:
+            p = torch.sigmoid(v)
+            if return_uncertainty:
+                q = p.clamp(1e-7, 1 - 1e-7)
+                out.max_prob[z0:z1] = torch.maximum(p, 1 - p).min(0).values.half()
+                out.entropy[z0:z1] = (-(q * q.log() + (1 - q) * (1 - q).log())).mean(0).half()
+        if return_probabilities:
+            out.probabilities[:, z0:z1] = p.half()
+    return out
+
+
+def normalize_torch(acc: torch.Tensor, nz: torch.Tensor, ny: torch.Tensor, nx: torch.Tensor) -> torch.Tensor:
+    """Divide the accumulator by the separable normalizer, in place (gives averaged logits)."""
+    inv_yx = 1.0 / (ny[:, None] * nx[None, :])
+    step = max(1, CHUNK_VOXELS // max(acc.shape[2] * acc.shape[3], 1))
+    for z0 in range(0, acc.shape[1], step):
+        z1 = min(acc.shape[1], z0 + step)
+        acc[:, z0:z1] *= inv_yx[None, None] / nz[z0:z1, None, None][None]
+    return acc
+
+
+def _kernel():
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def finalize_kernel(acc_ptr, nz_ptr, ny_ptr, nx_ptr, labels_ptr, probs_ptr, maxp_ptr, ent_ptr, N, Y, X,
+                        K: tl.constexpr, SOFTMAX: tl.constexpr, WRITE_PROBS: tl.constexpr, WRITE_UNC: tl.constexpr,
+                        BLOCK_SIZE: tl.constexpr):
+        pid = tl.program_id(0)
+        offs = (pid * BLOCK_SIZE + tl.arange(0, BLOCK_SIZE)).to(tl.int64)
+        mask = offs < N
+        z = offs // (Y * X)
+        y = (offs // X) % Y
+        x = offs % X
+        norm = tl.load(nz_ptr + z, mask=mask, other=1.0) * tl.load(ny_ptr + y, mask=mask, other=1.0) \
+            * tl.load(nx_ptr + x, mask=mask, other=1.0)
+        inv = 1.0 / norm
+        if SOFTMAX:
+            m = tl.full((BLOCK_SIZE,), float("-inf"), tl.float32)
+            arg = tl.zeros((BLOCK_SIZE,), tl.int32)
+            for k in tl.static_range(K):
+                v = tl.load(acc_ptr + k * N + offs, mask=mask, other=0.0) * inv
+                better = v > m
+                arg = tl.where(better, k, arg)
+                m = tl.where(better, v, m)
+            s = tl.zeros((BLOCK_SIZE,), tl.float32)
+            t = tl.zeros((BLOCK_SIZE,), tl.float32)
+            for k in tl.static_range(K):
+                d = tl.load(acc_ptr + k * N + offs, mask=mask, other=0.0) * inv - m
+                e = tl.exp(d)
+                s += e
+                t += e * d
+            tl.store(labels_ptr + offs, arg.to(tl.uint8), mask=mask)
+            if WRITE_PROBS:
+                for k in tl.static_range(K):
+                    d = tl.load(acc_ptr + k * N + offs, mask=mask, other=0.0) * inv - m
+                    tl.store(probs_ptr + k * N + offs, (tl.exp(d) / s).to(tl.float16), mask=mask)
+            if WRITE_UNC:
+                tl.store(maxp_ptr + offs, (1.0 / s).to(tl.float16), mask=mask)
+                tl.store(ent_ptr + offs, (tl.log(s) - t / s).to(tl.float16), mask=mask)
+        else:
+            worst = tl.full((BLOCK_SIZE,), 1.0, tl.float32)
+            h = tl.zeros((BLOCK_SIZE,), tl.float32)
+            for k in tl.static_range(K):
+                v = tl.load(acc_ptr + k * N + offs, mask=mask, other=0.0) * inv
+                p = 1.0 / (1.0 + tl.exp(-v))
+                if WRITE_PROBS:
+                    tl.store(probs_ptr + k * N + offs, p.to(tl.float16), mask=mask)
+                q = tl.minimum(tl.maximum(p, 1e-7), 1.0 - 1e-7)
+                worst = tl.minimum(worst, tl.maximum(p, 1.0 - p))
+                h += -(q * tl.log(q) + (1.0 - q) * tl.log(1.0 - q))
+            if WRITE_UNC:
+                tl.store(maxp_ptr + offs, worst.to(tl.float16), mask=mask)
+                tl.store(ent_ptr + offs, (h / K).to(tl.float16), mask=mask)
+
+    return finalize_kernel
+
+
+_KERNEL = None
+
+
+def finalize_triton(acc: torch.Tensor, nz: torch.Tensor, ny: torch.Tensor, nx: torch.Tensor, mode: str = "softmax",
+                    return_probabilities: bool = False, return_uncertainty: bool = False) -> Finalized:
+    """Triton version of :func:`finalize_torch` (same outputs; labels identical, maps within fp16 rounding)."""
+    global _KERNEL
+    if _KERNEL is None:
+        _KERNEL = _kernel()
+    acc = acc.contiguous()
+    k, zs, ys, xs = acc.shape
+    out = _alloc(k, (zs, ys, xs), acc.device, mode, return_probabilities, return_uncertainty)
+    dummy = torch.empty(1, dtype=torch.float16, device=acc.device)
+    n = zs * ys * xs
+    grid = ((n + BLOCK - 1) // BLOCK,)
+    _KERNEL[grid](acc, nz.contiguous(), ny.contiguous(), nx.contiguous(),
+                  out.labels if out.labels is not None else torch.empty(1, dtype=torch.uint8, device=acc.device),
+                  out.probabilities if out.probabilities is not None else dummy,
+                  out.max_prob if out.max_prob is not None else dummy,
+                  out.entropy if out.entropy is not None else dummy,
+                  n, ys, xs, K=k, SOFTMAX=mode == "softmax", WRITE_PROBS=return_probabilities,
+                  WRITE_UNC=return_uncertainty, BLOCK_SIZE=BLOCK)
+    return out
+
+
+def triton_available() -> bool:
+    try:
+        import triton  # noqa: F401
+    except Exception:
+        return False
+    return True
+
+
+def finalize(acc: torch.Tensor, nz: torch.Tensor | None = None, ny: torch.Tensor | None = None,
+             nx: torch.Tensor | None = None, mode: str = "softmax", return_probabilities: bool = False,
+             return_uncertainty: bool = False, backend: str = "auto") -> Finalized:
+    """Finalize an accumulator, or already-normalized logits when the normalizers are ``None``.
+
+    ``backend``: "triton", "torch", or "auto" (Triton for CUDA tensors when it is installed).
+    """
+    if nz is None:
+        one = torch.ones(1, dtype=torch.float32, device=acc.device)
+        nz, ny, nx = one.expand(acc.shape[1]), one.expand(acc.shape[2]), one.expand(acc.shape[3])
+    use_triton = backend == "triton" or (backend == "auto" and acc.is_cuda and triton_available())
+    fn = finalize_triton if use_triton else finalize_torch
+    return fn(acc, nz, ny, nx, mode, return_probabilities, return_uncertainty)
