@@ -36,9 +36,9 @@ def test_outputs_keep_input_geometry_and_bad_case_is_skipped(tiny_model, inputs,
         labels, lg = read_image(out / f"{name}.nii.gz")
         assert lg.matches(g) is None and labels.dtype == np.uint8
         assert set(np.unique(labels)) <= {0, 1, 2}
-        ent, eg = read_image(out / f"{name}_entropy.nii.gz")
+        ent, eg = read_image(out / "maps" / f"{name}_entropy.nii.gz")
         assert eg.matches(g) is None and (ent >= 0).all() and (ent <= np.log(3) + 1e-3).all()
-        probs = np.load(out / f"{name}_probabilities.npz")["probabilities"]
+        probs = np.load(out / "maps" / f"{name}_probabilities.npz")["probabilities"]
         assert probs.shape == (3, *g.shape) and probs.dtype == np.float16
         np.testing.assert_allclose(probs.astype(np.float32).sum(0), 1.0, atol=5e-3)
         assert (probs.argmax(0) != labels).mean() < 1e-3  # ties after fp16 rounding

@@ -22,9 +22,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--step", type=float, help="tile step as a fraction of the patch (default: the plan's, 0.5)")
     p.add_argument("--no-tta", action="store_true", help="no mirroring test-time augmentation")
     p.add_argument("--save-probabilities", action="store_true",
-                   help="also write CASE_probabilities.npz (fp16, (K, Z, Y, X))")
+                   help="also write maps/CASE_probabilities.npz (fp16, (K, Z, Y, X))")
     p.add_argument("--save-uncertainty", action="store_true",
-                   help="also write CASE_entropy.nii.gz (voxel-wise predictive entropy in nats)")
+                   help="also write maps/CASE_entropy.nii.gz (voxel-wise predictive entropy in nats)")
     p.add_argument("--no-postprocessing", action="store_true", help="skip the model's connected-component rules")
     p.add_argument("--memory-gb", type=float,
                    help="memory budget of the stitching buffers; above it z-slab mode is used (default: automatic)")

@@ -14,18 +14,20 @@ from volseg.io.nifti import Geometry, write_image
 
 def export_case(out_dir: Path, case_id: str, ending: str, geometry: Geometry, labels: np.ndarray,
                 probabilities: np.ndarray | None = None, entropy: np.ndarray | None = None) -> list[Path]:
-    """Write ``CASE<ending>`` (labels), and optionally ``CASE_probabilities.npz`` (fp16, (K, Z, Y, X))
-    and ``CASE_entropy<ending>`` (entropy in nats, float32 NIfTI). The label file is written last:
-    its presence means the case is complete (what ``--resume`` checks)."""
+    """Write ``CASE<ending>`` (labels), and optionally ``maps/CASE_probabilities.npz`` (fp16,
+    (K, Z, Y, X)) and ``maps/CASE_entropy<ending>`` (entropy in nats, float32 NIfTI). The maps go
+    to a sub-folder so that the output folder holds only label maps (what ``evaluate`` reads).
+    The label file is written last: its presence means the case is complete (``--resume``)."""
     written = []
+    maps = out_dir / "maps"
     if probabilities is not None:
-        path = out_dir / f"{case_id}_probabilities.npz"
+        path = maps / f"{case_id}_probabilities.npz"
         with atomic_path(path) as tmp:
             np.savez_compressed(tmp, probabilities=probabilities.astype(np.float16),
                                 spacing=np.asarray(geometry.spacing), axis_order=np.array("kzyx"))
         written.append(path)
     if entropy is not None:
-        written.append(write_image(out_dir / f"{case_id}_entropy{ending}", entropy.astype(np.float32), geometry))
+        written.append(write_image(maps / f"{case_id}_entropy{ending}", entropy.astype(np.float32), geometry))
     written.append(write_image(out_dir / f"{case_id}{ending}", labels.astype(np.uint8), geometry))
     return written
 
