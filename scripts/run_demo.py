@@ -4,7 +4,8 @@ Run through ``bash scripts/demo.sh [OUT]``, which installs volseg first. Every s
 one call of volseg's Python API; the table at the end gives the scores and the time of
 each stage. Outputs under OUT: ``data/`` (the dataset), ``plan/`` (fingerprint, plan,
 preprocessed cases, and ``plan/models/<configuration>/``, the model folder with its
-curves), ``predictions/`` and ``evaluation/`` (summary.json, CSV, plots).
+curves and the held-out fold's predictions), ``predictions/`` (test cases) and
+``evaluation/`` (summary.json, CSV, plots).
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -53,20 +53,14 @@ def main() -> int:
         from volseg.planning.summary import plan_table
 
         print(plan_table(plans))
-    with stage("train", timings):
+    with stage("train", timings):  # ends with the sliding-window validation of the held-out fold
         fold_dir = volseg.train(plan_dir, fold=0, epochs=args.epochs, iterations=args.iters)
     model_dir = fold_dir.parent
-    val_ids = json.loads((model_dir / "splits.json").read_text())[0]["val"]
-    ref_dir = out / "reference"
-    ref_dir.mkdir(parents=True, exist_ok=True)
-    for case_id in val_ids:  # the held-out fold's references, for evaluation
-        shutil.copyfile(data / "labelsTr" / f"{case_id}.nii.gz", ref_dir / f"{case_id}.nii.gz")
     with stage("predict", timings):
-        images = [p for c in val_ids for p in sorted((data / "imagesTr").glob(f"{c}_*.nii.gz"))]
-        volseg.predict(images, out / "predictions", model_dir, save_uncertainty=True)
-        volseg.predict([data / "imagesTs"], out / "predictions_test", model_dir)
+        volseg.predict([data / "imagesTs"], out / "predictions", model_dir, save_uncertainty=True)
     with stage("evaluate", timings):
-        summary = volseg.evaluate(out / "predictions", ref_dir, out / "evaluation", dataset_dir=data,
+        validation = fold_dir / "validation"
+        summary = volseg.evaluate(validation, validation / "reference", out / "evaluation", dataset_dir=data,
                                   images_dir=data / "imagesTr",
                                   regions={"followup_lesions": (1, 2), "all_lesions": (1, 2, 3)})
     print_table(summary, timings, out, model_dir)

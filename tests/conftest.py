@@ -35,5 +35,5 @@ def tiny_model(tiny_plan, tmp_path_factory):
 
     model = tmp_path_factory.mktemp("model") / "m"
     for fold in (0, 1):
-        train(tiny_plan, model, fold=fold, epochs=2, iterations=4, progress=False)
+        train(tiny_plan, model, fold=fold, epochs=2, iterations=4, progress=False, validate=False)
     return model

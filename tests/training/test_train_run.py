@@ -25,48 +25,53 @@ def test_tiny_run_lowers_loss_and_writes_model_folder(tiny_plan, tmp_path):
     for name in ("checkpoint_latest.pt", "checkpoint_final.pt", "progress.png"):
         assert (fold_dir / name).is_file(), name
     model = fold_dir.parent
-    for name in ("plans.json", "model.json", "splits.json", "fingerprint.json", "dataset.json"):
+    for name in ("plans.json", "model.json", "splits.json", "fingerprint.json", "dataset.json", "postprocessing.json"):
         assert (model / name).is_file(), name
     torch.load(fold_dir / "checkpoint_final.pt", weights_only=True)
+    # the held-out case was predicted with the sliding window and scored, and rules were chosen
+    summary = json.loads((fold_dir / "validation" / "evaluation" / "summary.json").read_text())
+    assert summary["counts"]["evaluated"] == 1 and summary["counts"]["missing_references"] == 0
+    assert len(list((fold_dir / "validation").glob("*.nii.gz"))) == 1
+    assert "rules" in json.loads((model / "postprocessing.json").read_text())
 
 
 def test_same_seed_same_weights(tiny_plan, tmp_path):
-    a = train(tiny_plan, tmp_path / "a", fold=0, epochs=1, iterations=2, progress=False, seed=3)
-    b = train(tiny_plan, tmp_path / "b", fold=0, epochs=1, iterations=2, progress=False, seed=3)
+    a = train(tiny_plan, tmp_path / "a", fold=0, epochs=1, iterations=2, progress=False, seed=3, validate=False)
+    b = train(tiny_plan, tmp_path / "b", fold=0, epochs=1, iterations=2, progress=False, seed=3, validate=False)
     wa, wb = _weights(a / "checkpoint_final.pt"), _weights(b / "checkpoint_final.pt")
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
 def test_resume_continues_where_it_stopped(tiny_plan, tmp_path):
     model = tmp_path / "m"
-    fold_dir = train(tiny_plan, model, fold=1, epochs=1, iterations=2, progress=False)
+    fold_dir = train(tiny_plan, model, fold=1, epochs=1, iterations=2, progress=False, validate=False)
     assert load_checkpoint(fold_dir / "checkpoint_latest.pt")["epoch"] == 1
     with pytest.raises(ModelError, match="pass --resume"):
-        train(tiny_plan, model, fold=1, epochs=2, iterations=2, progress=False)
-    train(tiny_plan, model, fold=1, epochs=2, iterations=2, progress=False, resume_training=True)
+        train(tiny_plan, model, fold=1, epochs=2, iterations=2, progress=False, validate=False)
+    train(tiny_plan, model, fold=1, epochs=2, iterations=2, progress=False, resume_training=True, validate=False)
     assert load_checkpoint(fold_dir / "checkpoint_latest.pt")["epoch"] == 2
     assert [json.loads(x)["epoch"] for x in (fold_dir / "log.jsonl").read_text().splitlines()] == [0, 1]
 
 
 def test_bad_inputs(tiny_plan, tmp_path, capsys):
     with pytest.raises(ModelError, match="fold 9 does not exist"):
-        train(tiny_plan, tmp_path / "m", fold=9, progress=False)
+        train(tiny_plan, tmp_path / "m", fold=9, progress=False, validate=False)
     with pytest.raises(PlanError, match="no configuration 'nope'"):
-        train(tiny_plan, tmp_path / "m", config_name="nope", progress=False)
+        train(tiny_plan, tmp_path / "m", config_name="nope", progress=False, validate=False)
     with pytest.raises(PlanError, match="no preprocessed cases"):
-        train(tiny_plan, tmp_path / "m", config_name="3d_fullres", progress=False)
+        train(tiny_plan, tmp_path / "m", config_name="3d_fullres", progress=False, validate=False)
     assert main(["train", str(tmp_path / "nowhere"), "--fold", "0"]) == 2
     assert "plans.json: file not found" in capsys.readouterr().err
 
 
 def test_checkpoint_of_another_plan_is_refused(tiny_plan, tmp_path):
     model = tmp_path / "m"
-    train(tiny_plan, model, fold=0, epochs=1, iterations=1, progress=False)
+    train(tiny_plan, model, fold=0, epochs=1, iterations=1, progress=False, validate=False)
     record = json.loads((model / "model.json").read_text())
     record["plan_hash"] = "0000"
     (model / "model.json").write_text(json.dumps(record))
     with pytest.raises(ModelError, match="another plan"):
-        train(tiny_plan, model, fold=0, epochs=1, iterations=1, progress=False, resume_training=True)
+        train(tiny_plan, model, fold=0, epochs=1, iterations=1, progress=False, resume_training=True, validate=False)
 
 
 def _free_port() -> int:

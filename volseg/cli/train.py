@@ -22,6 +22,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="default: cuda if available")
     p.add_argument("-j", "--workers", type=int, help="background augmentation processes (default: the plan's)")
     p.add_argument("--seed", type=int, default=0, help="seed of weights, sampling and augmentation (default 0)")
+    p.add_argument("--no-validation", action="store_true",
+                   help="skip the final sliding-window validation of the held-out cases (and the post-processing choice)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
 
@@ -35,6 +37,7 @@ def run(args: argparse.Namespace) -> int:
             raise SystemExit(f"volseg train: error: --fold must be a number, a list of numbers or 'all', got {fold!r}")
         out = train(args.plan_dir, args.out, fold=fold, config_name=args.configuration, epochs=args.epochs,
                     iterations=args.iters, resume_training=args.resume, device=args.device,
-                    num_workers=args.workers, seed=args.seed, progress=not args.no_progress)
+                    num_workers=args.workers, seed=args.seed, progress=not args.no_progress,
+                    validate=not args.no_validation)
         print(f"fold {fold} trained: {out}")
     return 0

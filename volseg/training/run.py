@@ -54,7 +54,8 @@ def preprocessed_cases(plan_dir: Path, plans: dict, config_name: str) -> list[st
 def train(plan_dir: str | os.PathLike, model_dir: str | os.PathLike | None = None, fold: int | str = 0,
           config_name: str | None = None, epochs: int | None = None, iterations: int | None = None,
           resume_training: bool = False, device: str = "auto", num_workers: int | None = None,
-          seed: int = 0, deterministic: bool | None = None, progress: bool = True) -> Path:
+          seed: int = 0, deterministic: bool | None = None, progress: bool = True,
+          validate: bool = True) -> Path:
     """Train one fold of a configuration.
 
     Args:
@@ -68,6 +69,8 @@ def train(plan_dir: str | os.PathLike, model_dir: str | os.PathLike | None = Non
         num_workers: Background augmentation processes (default: the plan's).
         seed: Seed of weights, sampling and augmentation.
         deterministic: Deterministic algorithms (default: on the CPU).
+        validate: After training, predict the held-out cases with the sliding window, score
+            them (``fold_K/validation/``) and choose the post-processing rules.
 
     Returns:
         The fold's folder inside the model folder.
@@ -122,4 +125,10 @@ def train(plan_dir: str | os.PathLike, model_dir: str | os.PathLike | None = Non
     finally:
         parts.close()
         shutdown(ctx)
+    if validate and val_ids and ctx.is_main:
+        from volseg.training.validation import choose_postprocessing, validate_fold
+
+        validate_fold(model_dir, fold, val_ids, device="cuda" if ctx.device.type == "cuda" else "cpu",
+                      progress=progress)
+        choose_postprocessing(model_dir)
     return out
