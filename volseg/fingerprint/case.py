@@ -6,7 +6,7 @@ import numpy as np
 
 from volseg.errors import DatasetError
 from volseg.io.dataset import CaseFiles, Dataset, read_instances
-from volseg.io.nifti import Geometry, read_image
+from volseg.io.nifti import Geometry, read_channels, read_image
 from volseg.preprocessing.crop import bbox_of, box_shape, crop, nonzero_mask
 
 SAMPLES_PER_CASE = 10_000
@@ -24,14 +24,7 @@ def load_case(case: CaseFiles, dataset: Dataset) -> tuple[np.ndarray, np.ndarray
         DatasetError: A file is unreadable, not 3D, holds NaN/Inf, differs in geometry from
             channel 0, or the label holds undeclared values.
     """
-    images, geometry = [], None
-    for path in case.images:
-        array, geom = read_image(path, dtype=np.float32)
-        if geometry is None:
-            geometry = geom
-        elif (diff := geometry.matches(geom)) is not None:
-            raise DatasetError(path, f"channel geometry differs from {case.images[0].name}: {diff}")
-        images.append(array)
+    images, geometry = read_channels(case.images)
     label, instances = None, None
     if case.label is not None:
         raw, geom = read_image(case.label)
@@ -56,7 +49,7 @@ def load_case(case: CaseFiles, dataset: Dataset) -> tuple[np.ndarray, np.ndarray
             if unknown:
                 raise DatasetError(case.label, f"label values {unknown} are not declared in dataset.json "
                                    f"(declared: {list(dataset.label_values)})")
-    return np.stack(images), label, geometry, instances
+    return images, label, geometry, instances
 
 
 def semantic_label(label: np.ndarray, instances: dict[int, int] | None) -> np.ndarray:

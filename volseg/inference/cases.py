@@ -10,7 +10,7 @@ import numpy as np
 
 from volseg.errors import DatasetError
 from volseg.io.dataset import group_channel_files
-from volseg.io.nifti import NIFTI_ENDINGS, Geometry, read_image
+from volseg.io.nifti import NIFTI_ENDINGS, Geometry, read_channels
 
 
 @dataclass(frozen=True)
@@ -83,15 +83,8 @@ def read_input_case(case: InputCase, num_channels: int) -> tuple[np.ndarray, Geo
     extra = [p for p in case.images[num_channels:] if p is not None]
     if extra:
         raise DatasetError(extra[0], f"case {case.case_id} has more channels than the model's {num_channels}")
-    arrays, geometry = [], None
     for c, path in enumerate(case.images[:num_channels]):
         if path is None:
             raise DatasetError(case.case_id, f"channel {c} ({case.case_id}_{c:04d}) is missing; "
                                f"the model expects {num_channels} channel(s)")
-        array, geom = read_image(path, dtype=np.float32)
-        if geometry is None:
-            geometry = geom
-        elif (diff := geometry.matches(geom)) is not None:
-            raise DatasetError(path, f"channel geometry differs from channel 0: {diff}")
-        arrays.append(array)
-    return np.stack(arrays), geometry
+    return read_channels(case.images[:num_channels])

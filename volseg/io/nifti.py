@@ -147,6 +147,26 @@ def read_image(path: str | os.PathLike, dtype: np.dtype | None = None,
     return array, geometry_of(image)
 
 
+def read_channels(paths: list[Path] | tuple[Path, ...]) -> tuple[np.ndarray, Geometry]:
+    """Read the channel files of one case, which must share one grid.
+
+    Returns:
+        ``(images, geometry)``: float32 (C, Z, Y, X) and the geometry of the first file.
+
+    Raises:
+        DatasetError: A file is unreadable or its geometry differs from the first file's.
+    """
+    arrays, geometry = [], None
+    for path in paths:
+        array, geom = read_image(path, dtype=np.float32)
+        if geometry is None:
+            geometry = geom
+        elif (diff := geometry.matches(geom)) is not None:
+            raise DatasetError(path, f"channel geometry differs from {Path(paths[0]).name}: {diff}")
+        arrays.append(array)
+    return np.stack(arrays), geometry
+
+
 def check_nifti_complete(path: str | os.PathLike) -> None:
     """Raise when a NIfTI file is shorter than its header says.
 
