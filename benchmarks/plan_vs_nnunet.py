@@ -88,7 +88,7 @@ def side_by_side(vs: dict, nn: dict | None) -> str:
     rows = [("spacing (z, y, x mm)", c["spacing"]), ("patch (z, y, x)", c["patch_size"]),
             ("batch", c["batch_size"]), ("pooling per stage", c["network"]["strides"][1:]),
             ("features", c["network"]["features_per_stage"])]
-    out = [f"{'':<24}{'volseg':<44}{'nnU-Net v2'}"]
+    out = [f"{'':<24}{'volseg':<52}{'nnU-Net v2'}"]
     n = nn["configurations"]["3d_fullres"] if nn else None
     nn_vals = [None] * 5
     if n:
@@ -97,7 +97,7 @@ def side_by_side(vs: dict, nn: dict | None) -> str:
                    (arch.get("strides") or n.get("pool_op_kernel_sizes"))[1:], arch.get("features_per_stage")]
     for (label, v), w in zip(rows, nn_vals):
         v = [round(x, 4) for x in v] if label.startswith("spacing") else v
-        out.append(f"{label:<24}{str(v):<44}{'-' if w is None else w}")
+        out.append(f"{label:<24}{str(v):<52}{'-' if w is None else w}")
     return "\n".join(out)
 
 

@@ -81,7 +81,7 @@ def default_augmentation(patch_size: Sequence[int], spacing: Sequence[float],
         "rotation": {"p": 0.2, "degrees": [list(d) for d in degrees]},
         "scaling": {"p": 0.2, "range": [0.7, 1.4], "independent_axes": False},
         "elastic": {"p": 0.0, "alpha": [0.0, 200.0], "sigma": [9.0, 13.0]},
-        "interpolation": {"image_order": 3, "label_order": 1},
+        "interpolation": {"image_order": 1, "label_order": 1},  # linear, as grid_sample-based pipelines do
         "gaussian_noise": {"p": 0.1, "variance": [0.0, 0.1], "per_channel": True},
         "gaussian_blur": {"p": 0.2, "sigma": [0.5, 1.0], "per_channel": True, "p_per_channel": 0.5},
         "brightness": {"p": 0.15, "range": [0.75, 1.25], "per_channel": True},
