@@ -5,8 +5,13 @@ import numpy as np
 import pytest
 import torch
 
-from volseg.data.augmentation import (DeepSupervisionTargets, build_transforms, default_augmentation,
-                                      no_intensity_augmentation, sample_size)
+from volseg.data.augmentation import (
+    DeepSupervisionTargets,
+    build_transforms,
+    default_augmentation,
+    no_intensity_augmentation,
+    sample_size,
+)
 from volseg.data.sampling import PatchSampler, Window
 from volseg.data.spatial import WindowSpatialTransform
 
@@ -156,3 +161,51 @@ def test_unknown_parameter_version():
     params["version"] = 99
     with pytest.raises(ValueError, match="version 99"):
         build_transforms(params, PATCH)
+
+
+def test_linear_resampling_equals_scipy_order_1():
+    from batchgenerators.augmentations.utils import create_zero_centered_coordinate_mesh, rotate_coords_3d, scale_coords
+    from scipy.ndimage import map_coordinates
+
+    from volseg.data.spatial import resample_linear
+
+    rng = np.random.default_rng(0)
+    image = rng.normal(size=(2, 30, 34, 32)).astype(np.float32)
+    coords = scale_coords(rotate_coords_3d(create_zero_centered_coordinate_mesh((16, 16, 16)), 0.3, -0.2, 0.5), 0.8)
+    coords += np.array([15.0, 16.5, 15.5]).reshape(3, 1, 1, 1)
+    out, _ = resample_linear(image, np.zeros((1, 30, 34, 32), np.int16), coords)
+    expect = np.stack([map_coordinates(c, coords, order=1, mode="constant", cval=0.0) for c in image])
+    np.testing.assert_allclose(out, expect, atol=1e-5)
+
+
+def test_label_resampling_takes_the_majority_of_interpolated_indicators():
+    from volseg.data.spatial import resample_linear
+
+    seg = np.zeros((1, 4, 4, 12), np.int16)
+    seg[..., 5:] = 3
+    seg[..., 9:] = 7
+    x = np.array([4.4, 4.6, 8.4, 8.6, 2.0])
+    coords = np.stack(np.broadcast_arrays(np.full(5, 1.0), np.full(5, 2.0), x)).reshape(3, 1, 1, 5)
+    _, labels = resample_linear(np.zeros((1, 4, 4, 12), np.float32), seg, coords)
+    assert labels.dtype == np.int16
+    np.testing.assert_array_equal(labels.ravel(), [0, 3, 3, 7, 0])
+    _, constant = resample_linear(np.zeros((1, 4, 4, 12), np.float32), np.full((1, 4, 4, 12), 2, np.int16), coords)
+    np.testing.assert_array_equal(constant.ravel(), [2] * 5)
+
+
+def test_low_resolution_keeps_ignored_axis_and_shape():
+    from volseg.data.augmentation import SimulateLowResolution
+
+    rng = np.random.default_rng(0)
+    slices = rng.normal(size=(1, 1, 6, 1, 1)).astype(np.float32) * np.ones((1, 1, 6, 16, 16), np.float32)
+    noise = rng.normal(size=(1, 1, 6, 16, 16)).astype(np.float32)
+    transform = SimulateLowResolution((0.5, 0.5), per_channel=True, p_per_channel=1.0, p_per_sample=1.0,
+                                      ignore_axes=(0,))
+    np.random.seed(0)
+    out = transform(data=np.concatenate([slices, noise], axis=1).copy())["data"]
+    assert out.shape == (1, 2, 6, 16, 16) and out.dtype == np.float32
+    np.testing.assert_allclose(out[0, 0], slices[0, 0], atol=1e-6)  # in-plane constant, z untouched
+    assert not np.allclose(out[0, 1], noise[0, 0], atol=1e-2)
+    assert abs(out[0, 1].std() - noise.std()) < noise.std()  # smoothed, not destroyed
+    never = SimulateLowResolution((0.5, 0.5), p_per_sample=0.0)
+    np.testing.assert_array_equal(never(data=noise.copy())["data"], noise)

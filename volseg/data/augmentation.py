@@ -6,7 +6,8 @@ batchgenerators ``Compose`` that runs in the loader's background processes.
 
 Per-sample pipeline (training): spatial (rotation, scaling, optional elastic deformation about
 the patch centre, :mod:`volseg.data.spatial`) → Gaussian noise → Gaussian blur →
-multiplicative brightness → contrast → low-resolution simulation → inverted gamma → gamma →
+multiplicative brightness → contrast → low-resolution simulation (nearest down, linear up, in
+torch) → inverted gamma → gamma →
 mirroring → deep-supervision targets → torch.  Validation: patch read → deep-supervision targets → torch.
 
 Channels: the spatial transform and mirroring apply the *same* geometry to every channel of a
@@ -26,10 +27,12 @@ from typing import Sequence
 
 import numpy as np
 from batchgenerators.transforms.abstract_transforms import AbstractTransform, Compose
-from batchgenerators.transforms.color_transforms import (BrightnessMultiplicativeTransform,
-                                                         ContrastAugmentationTransform, GammaTransform)
+from batchgenerators.transforms.color_transforms import (
+    BrightnessMultiplicativeTransform,
+    ContrastAugmentationTransform,
+    GammaTransform,
+)
 from batchgenerators.transforms.noise_transforms import GaussianBlurTransform, GaussianNoiseTransform
-from batchgenerators.transforms.resample_transforms import SimulateLowResolutionTransform
 from batchgenerators.transforms.spatial_transforms import MirrorTransform
 
 from volseg.data.spatial import WindowSpatialTransform
@@ -195,6 +198,55 @@ class DeepSupervisionTargets(AbstractTransform):
         return batch
 
 
+class SimulateLowResolution(AbstractTransform):
+    """Resample channels to a coarser grid (nearest) and back (linear), with torch.
+
+    Per sample with probability ``p_per_sample``; then per channel with ``p_per_channel`` a zoom
+    drawn uniformly from ``zoom`` (one per channel when ``per_channel``, else one per sample).
+    The coarse grid has ``round(n · zoom)`` voxels per axis, except along ``ignore_axes``.
+
+    Args:
+        zoom: (low, high) zoom range, ≤ 1.
+        per_channel, p_per_channel, p_per_sample: As above.
+        ignore_axes: Spatial axes (0 = z) kept at full resolution (the coarse axis of dummy-2D data).
+
+    Input/output: ``"data"`` float32 (b, C, z, y, x), changed in place.
+    """
+
+    def __init__(self, zoom: Sequence[float], per_channel: bool = True, p_per_channel: float = 0.5,
+                 p_per_sample: float = 0.25, ignore_axes: Sequence[int] | None = None) -> None:
+        self.zoom, self.per_channel = (float(zoom[0]), float(zoom[1])), per_channel
+        self.p_per_channel, self.p_per_sample = p_per_channel, p_per_sample
+        self.ignore_axes = tuple(ignore_axes or ())
+
+    def _target(self, shape: np.ndarray) -> list[int]:
+        target = np.maximum(np.round(shape * np.random.uniform(*self.zoom)), 1).astype(int)
+        target[list(self.ignore_axes)] = shape[list(self.ignore_axes)]
+        return [int(t) for t in target]
+
+    def __call__(self, **batch):
+        import torch
+        import torch.nn.functional as F
+
+        data = batch["data"]
+        shape = np.asarray(data.shape[2:])
+        mode = {1: "linear", 2: "bilinear", 3: "trilinear"}[len(shape)]
+        for b in range(data.shape[0]):
+            if np.random.uniform() >= self.p_per_sample:
+                continue
+            target = None if self.per_channel else self._target(shape)
+            for c in range(data.shape[1]):
+                if np.random.uniform() >= self.p_per_channel:
+                    continue
+                size = self._target(shape) if self.per_channel else target
+                x = torch.from_numpy(np.ascontiguousarray(data[b, c], np.float32))[None, None]
+                with torch.no_grad():
+                    coarse = F.interpolate(x, size=size, mode="nearest-exact")
+                    data[b, c] = F.interpolate(coarse, size=[int(n) for n in shape], mode=mode,
+                                               align_corners=False)[0, 0].numpy()
+        return batch
+
+
 class ToTorch(AbstractTransform):
     """``data`` → float32 tensor, ``target`` (array or list of arrays) → int16 tensor(s) (zero-copy)."""
 
@@ -203,7 +255,7 @@ class ToTorch(AbstractTransform):
 
         batch["data"] = torch.from_numpy(np.ascontiguousarray(batch["data"], dtype=np.float32))
         t = batch["target"]
-        conv = lambda a: torch.from_numpy(np.ascontiguousarray(a, dtype=np.int16))  # noqa: E731
+        conv = lambda a: torch.from_numpy(np.ascontiguousarray(a, dtype=np.int16))
         batch["target"] = [conv(a) for a in t] if isinstance(t, list) else conv(t)
         return batch
 
@@ -227,10 +279,8 @@ def _intensity(params: dict) -> list[AbstractTransform]:
     g = params["low_resolution"]
     if g["p"] > 0:
         axis = params.get("dummy_2d_axis")
-        out.append(SimulateLowResolutionTransform(tuple(g["zoom"]), per_channel=g["per_channel"],
-                                                  p_per_channel=g["p_per_channel"], order_downsample=0,
-                                                  order_upsample=3, p_per_sample=g["p"],
-                                                  ignore_axes=None if axis is None else (axis,)))
+        out.append(SimulateLowResolution(g["zoom"], per_channel=g["per_channel"], p_per_channel=g["p_per_channel"],
+                                         p_per_sample=g["p"], ignore_axes=None if axis is None else (axis,)))
     for key, invert in (("gamma_inverted", True), ("gamma", False)):
         g = params[key]
         if g["p"] > 0:

@@ -40,17 +40,24 @@ class SamplerSource(SlimDataLoaderBase):
 
     The augmenter calls :meth:`set_thread_id` in each worker; the worker then draws from its
     own stream of the sampler and seeds Python's ``random`` (which batchgenerators' noise
-    transforms use, and its augmenter does not seed) with ``seeds[thread_id]``.
+    transforms use, and its augmenter does not seed) with ``seeds[thread_id]``.  With
+    ``single_threaded_torch`` (set for worker processes) the worker also limits torch to one
+    thread, so that augmentation workers do not oversubscribe the cores training runs on.
     """
 
     def __init__(self, sampler: PatchSampler, seeds: Sequence[int]) -> None:
         super().__init__(None, sampler.batch_size, None)
         self.sampler, self.seeds = sampler, list(seeds)
+        self.single_threaded_torch = False
 
     def set_thread_id(self, thread_id: int) -> None:
         super().set_thread_id(thread_id)
         self.sampler.set_stream(thread_id)
         random.seed(self.seeds[thread_id])
+        if self.single_threaded_torch:
+            import torch
+
+            torch.set_num_threads(1)
 
     def generate_train_batch(self) -> dict:
         return self.sampler.sample_windows()
@@ -109,6 +116,7 @@ class BatchLoader:
             random.setstate(states[1])
             self._augmenter = None
         else:
+            source.single_threaded_torch = True
             self._augmenter = MultiThreadedAugmenter(source, transform, num_workers, num_cached_per_queue=num_cached,
                                                      seeds=list(seeds), pin_memory=False)
 
