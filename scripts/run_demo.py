@@ -11,7 +11,6 @@ curves and the held-out fold's predictions), ``predictions/`` (test cases) and
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 import time
@@ -39,6 +38,8 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--epochs", type=int, default=50, help="training epochs (default 50; the plan says 30)")
     ap.add_argument("--iters", type=int, default=20, help="iterations per epoch (default 20)")
+    ap.add_argument("--train-minutes", type=float, default=10.0,
+                    help="time limit of training: fewer epochs on a slower machine (default 10; 0: no limit)")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     import volseg
@@ -54,7 +55,8 @@ def main() -> int:
 
         print(plan_table(plans))
     with stage("train", timings):  # ends with the sliding-window validation of the held-out fold
-        fold_dir = volseg.train(plan_dir, fold=0, epochs=args.epochs, iterations=args.iters)
+        fold_dir = volseg.train(plan_dir, fold=0, epochs=args.epochs, iterations=args.iters,
+                                time_limit_minutes=args.train_minutes or None)
     model_dir = fold_dir.parent
     with stage("predict", timings):
         volseg.predict([data / "imagesTs"], out / "predictions", model_dir, save_uncertainty=True)

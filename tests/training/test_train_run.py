@@ -53,6 +53,30 @@ def test_resume_continues_where_it_stopped(tiny_plan, tmp_path):
     assert [json.loads(x)["epoch"] for x in (fold_dir / "log.jsonl").read_text().splitlines()] == [0, 1]
 
 
+def test_epochs_within_a_time_limit():
+    from volseg.training.trainer import epochs_within
+
+    assert epochs_within(600.0, 25.0, 50) == 24
+    assert epochs_within(600.0, 5.0, 50) == 50  # never more than asked for
+    assert epochs_within(1.0, 30.0, 50) == 1  # the first epoch has run already
+
+
+def test_time_limit_shortens_the_schedule_and_resume_keeps_it(tiny_plan, tmp_path):
+    model = tmp_path / "m"
+    # a limit far below one epoch: training stops after the first, with the schedule ended
+    fold_dir = train(tiny_plan, model, fold=0, epochs=5, iterations=2, progress=False, validate=False,
+                     time_limit_minutes=1e-4)
+    ck = load_checkpoint(fold_dir / "checkpoint_final.pt")
+    assert ck["epoch"] == 1 and ck["epochs"] == 1
+    assert len((fold_dir / "log.jsonl").read_text().splitlines()) == 1
+    train(tiny_plan, model, fold=0, epochs=5, iterations=2, progress=False, validate=False,
+          time_limit_minutes=1e-4, resume_training=True)
+    assert load_checkpoint(fold_dir / "checkpoint_latest.pt")["epoch"] == 1  # nothing left to do
+    with pytest.raises(ValueError, match="time limit must be positive"):
+        train(tiny_plan, tmp_path / "n", fold=0, epochs=1, iterations=1, progress=False, validate=False,
+              time_limit_minutes=0)
+
+
 def test_bad_inputs(tiny_plan, tmp_path, capsys):
     with pytest.raises(ModelError, match="fold 9 does not exist"):
         train(tiny_plan, tmp_path / "m", fold=9, progress=False, validate=False)

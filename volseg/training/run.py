@@ -55,7 +55,7 @@ def train(plan_dir: str | os.PathLike, model_dir: str | os.PathLike | None = Non
           config_name: str | None = None, epochs: int | None = None, iterations: int | None = None,
           resume_training: bool = False, device: str = "auto", num_workers: int | None = None,
           seed: int = 0, deterministic: bool | None = None, progress: bool = True,
-          validate: bool = True) -> Path:
+          validate: bool = True, time_limit_minutes: float | None = None) -> Path:
     """Train one fold of a configuration.
 
     Args:
@@ -71,6 +71,9 @@ def train(plan_dir: str | os.PathLike, model_dir: str | os.PathLike | None = Non
         deterministic: Deterministic algorithms (default: on the CPU).
         validate: After training, predict the held-out cases with the sliding window, score
             them (``fold_K/validation/``) and choose the post-processing rules.
+        time_limit_minutes: Budget of the training loop: after the first epoch, the number
+            of epochs is lowered to what fits (never raised above ``epochs``). The final
+            validation is not counted.
 
     Returns:
         The fold's folder inside the model folder.
@@ -101,7 +104,10 @@ def train(plan_dir: str | os.PathLike, model_dir: str | os.PathLike | None = Non
     sched = Schedule(epochs=epochs or tcfg["epochs"], iterations_per_epoch=iterations or tcfg["iterations_per_epoch"],
                      val_iterations=tcfg.get("val_iterations", 0) if val_ids else 0,
                      base_lr=tcfg["optimizer"]["lr"], lr_schedule=tcfg["lr_schedule"], grad_clip=tcfg.get("grad_clip"),
-                     amp=ctx.device.type == "cuda")
+                     amp=ctx.device.type == "cuda",
+                     time_limit=None if time_limit_minutes is None else 60.0 * float(time_limit_minutes))
+    if sched.time_limit is not None and sched.time_limit <= 0:
+        raise ValueError(f"time limit must be positive, got {time_limit_minutes} minutes")
     state = TrainState()
     plan_hash = model_hash(plans, config_name)
     latest = out / "checkpoint_latest.pt"
@@ -117,7 +123,7 @@ def train(plan_dir: str | os.PathLike, model_dir: str | os.PathLike | None = Non
                         num_workers=workers, seed=seed + 1000 * start_epoch)
     try:
         if resume_training and latest.is_file():
-            resume(parts, latest, plan_hash, state)
+            resume(parts, latest, plan_hash, state, sched)
             log.info("resuming fold %s at epoch %d", fold, state.epoch)
         elif resume_training:
             log.info("no checkpoint to resume in %s; starting fresh", out)

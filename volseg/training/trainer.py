@@ -50,6 +50,17 @@ class Schedule:
     lr_schedule: dict
     grad_clip: float | None
     amp: bool = False
+    time_limit: float | None = None   # seconds for the whole loop; fixes `epochs` after the first epoch
+
+
+def epochs_within(time_limit: float, epoch_seconds: float, max_epochs: int) -> int:
+    """Epochs that fit in ``time_limit`` seconds at ``epoch_seconds`` each: 1 ≤ n ≤ ``max_epochs``.
+
+    Example:
+        >>> epochs_within(600.0, 25.0, 50), epochs_within(600.0, 9.0, 50), epochs_within(10.0, 30.0, 50)
+        (24, 50, 1)
+    """
+    return int(max(1, min(max_epochs, time_limit // max(epoch_seconds, 1e-9))))
 
 
 @dataclass
@@ -132,20 +143,43 @@ def validate(parts: TrainParts, sched: Schedule, ctx: DistContext) -> tuple[floa
     return float(loss_sum[0] / loss_sum[1]), dice_from_counts(counts)
 
 
-def checkpoint_state(parts: TrainParts, state: TrainState, plan_hash: str, config_name: str, fold: str) -> dict:
+def checkpoint_state(parts: TrainParts, state: TrainState, plan_hash: str, config_name: str, fold: str,
+                     sched_epochs: int) -> dict:
     return {"network": _raw(parts.network).state_dict(), "optimizer": parts.optimizer.state_dict(),
             "epoch": state.epoch, "ema_dice": state.ema_dice, "best_ema": state.best_ema,
             "plan_hash": plan_hash, "configuration": config_name, "fold": fold,
-            "torch_rng": torch.get_rng_state()}
+            "torch_rng": torch.get_rng_state(), "epochs": sched_epochs}
 
 
-def resume(parts: TrainParts, path: Path, plan_hash: str, state: TrainState) -> None:
-    """Load network, optimizer and counters from ``path`` into ``parts`` and ``state``."""
+def resume(parts: TrainParts, path: Path, plan_hash: str, state: TrainState, sched: Schedule) -> None:
+    """Load network, optimizer and counters from ``path`` into ``parts`` and ``state``.
+
+    A schedule whose length a time limit fixed keeps that length (``sched.epochs``).
+    """
     ck = load_checkpoint(path, plan_hash)
+    if sched.time_limit is not None and "epochs" in ck:
+        sched.epochs = int(ck["epochs"])
     _raw(parts.network).load_state_dict(ck["network"])
     parts.optimizer.load_state_dict(ck["optimizer"])
     state.epoch, state.ema_dice, state.best_ema = int(ck["epoch"]), ck["ema_dice"], float(ck["best_ema"])
     torch.set_rng_state(ck["torch_rng"])
+
+
+def fit_epochs(sched: Schedule, epoch_seconds: float, ctx: DistContext, bar=None) -> None:
+    """Lower ``sched.epochs`` so that the loop fits in ``sched.time_limit`` (same on every rank)."""
+    seconds = torch.tensor([epoch_seconds], dtype=torch.float64)
+    if ctx.distributed:
+        seconds = all_reduce_sum(seconds.to(ctx.device), ctx).cpu() / ctx.world_size
+    planned = sched.epochs
+    sched.epochs = epochs_within(sched.time_limit, float(seconds[0]), planned)
+    msg = (f"time limit {sched.time_limit / 60:.1f} min at {float(seconds[0]):.1f} s per epoch: "
+           f"{sched.epochs} of {planned} epochs")
+    log.info(msg)
+    if bar is not None:
+        bar.total = (sched.epochs - 1) * sched.iterations_per_epoch + bar.n
+        bar.refresh()
+        if ctx.is_main:
+            bar.write(msg)
 
 
 def run_training(parts: TrainParts, sched: Schedule, ctx: DistContext, out_dir: Path, plan_hash: str,
@@ -155,6 +189,10 @@ def run_training(parts: TrainParts, sched: Schedule, ctx: DistContext, out_dir: 
     After every epoch: ``checkpoint_latest.pt`` (atomic), a ``log.jsonl`` record and
     ``progress.png``; ``checkpoint_best.pt`` when the smoothed pseudo-Dice improves;
     ``checkpoint_final.pt`` at the end.
+
+    With ``sched.time_limit``, the first epoch is timed (mean over ranks) and ``sched.epochs``
+    lowered to what fits (:func:`epochs_within`); the poly schedule then runs to that length.
+    The choice is stored in the checkpoints, so a resumed run keeps it.
     """
     from tqdm import tqdm
 
@@ -182,11 +220,13 @@ def run_training(parts: TrainParts, sched: Schedule, ctx: DistContext, out_dir: 
                       "lr": parts.optimizer.param_groups[0]["lr"], "epoch_seconds": seconds, "train_seconds": train_seconds,
                       "data_wait_seconds": waited, "data_wait_share": waited / max(train_seconds, 1e-9)}
             state.epoch += 1
+            if sched.time_limit is not None and state.epoch == 1:
+                fit_epochs(sched, seconds, ctx, bar)
             improved = state.ema_dice is not None and state.ema_dice > state.best_ema
             if improved:
                 state.best_ema = state.ema_dice
             if ctx.is_main:
-                ck = checkpoint_state(parts, state, plan_hash, config_name, fold)
+                ck = checkpoint_state(parts, state, plan_hash, config_name, fold, sched.epochs)
                 save_checkpoint(out_dir / "checkpoint_latest.pt", ck)
                 if improved:
                     save_checkpoint(out_dir / "checkpoint_best.pt", ck)
@@ -197,7 +237,8 @@ def run_training(parts: TrainParts, sched: Schedule, ctx: DistContext, out_dir: 
                           f"pseudo-Dice {mean_dice:.3f}  {seconds:.1f}s  data wait {100 * record['data_wait_share']:.1f}%")
             state.history.append(record)
         if ctx.is_main:
-            save_checkpoint(out_dir / "checkpoint_final.pt", checkpoint_state(parts, state, plan_hash, config_name, fold))
+            save_checkpoint(out_dir / "checkpoint_final.pt",
+                            checkpoint_state(parts, state, plan_hash, config_name, fold, sched.epochs))
     finally:
         bar.close()
     return state
