@@ -59,7 +59,7 @@ def nnunet_throughput(python: Path, dataset: Path, root: Path, cfg: dict, iters:
            "nnUNet_results": str(root / "nnUNet_results"), "nnUNet_n_proc_DA": str(workers), "nnUNet_compile": "f"}
     run([str(python.parent / "nnUNetv2_preprocess"), "-d", "501", "-c", "3d_fullres", "-np", str(workers)], env)
     out = root / "nnunet_throughput.json"
-    proc = subprocess.run([str(python), str(HERE / "peers" / "nnunet_throughput.py"), "501", str(iters), str(out)],
+    proc = subprocess.run([str(python), str(HERE / "peers" / "nnunet_train.py"), "501", "2", str(iters), "2", str(out)],
                           env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     if proc.returncode != 0:
         print(proc.stdout[-3000:])
