@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from volseg.inference.model import LoadedModel
-from volseg.inference.restore import resample_logits, uncrop
+from volseg.inference.restore import resample_and_finalize, uncrop
 from volseg.io.nifti import Geometry
 from volseg.preprocessing.case import preprocess_image
 
@@ -93,7 +93,6 @@ def predict_images(model: LoadedModel, images: np.ndarray, geometry: Geometry, o
         Labels (and optional maps) on the input grid, post-processed with the model's rules.
     """
     from volseg.inference.sliding_window import predict_sliding_window
-    from volseg.kernels import finalize
 
     plans, cfg = model.plans, model.config
     inf = cfg["inference"]
@@ -114,11 +113,9 @@ def predict_images(model: LoadedModel, images: np.ndarray, geometry: Geometry, o
     if same_grid:
         labels, probs, entropy = sw.labels, sw.probabilities, sw.entropy
     else:
-        logits = resample_logits(sw.logits, props["shape_after_crop"])
-        fin = finalize(logits, mode=mode, return_probabilities=want_probs,
-                       return_uncertainty=options.save_uncertainty, backend=options.backend)
+        fin = resample_and_finalize(sw.logits, props["shape_after_crop"], mode=mode, return_probabilities=want_probs,
+                                    return_uncertainty=options.save_uncertainty, backend=options.backend)
         labels, probs, entropy = fin.labels, fin.probabilities, fin.entropy
-        del logits
     if mode == "sigmoid":
         labels = _regions_to_labels(probs.float(), plans)
     result = _to_input_grid(labels, probs if options.save_probabilities else None, entropy, props, geometry, plans)

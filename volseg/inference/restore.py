@@ -9,6 +9,32 @@ import torch.nn.functional as F
 SLAB_VOXELS = 1 << 24  # output voxels × channels resampled at once
 
 
+def _slab_bounds(n_out: int, per_slice: int) -> list[tuple[int, int]]:
+    step = max(1, SLAB_VOXELS // max(per_slice, 1))
+    return [(z0, min(n_out, z0 + step)) for z0 in range(0, n_out, step)]
+
+
+def _resample_slab(logits: torch.Tensor, shape: tuple[int, int, int], z0: int, z1: int) -> torch.Tensor:
+    """Output slices ``z0:z1`` of the trilinear resampling of (K, z, y, x) ``logits`` to ``shape``, float32.
+
+    Reads only the input slices those outputs need (plus one on each side); equal to the same
+    slices of one ``F.interpolate(..., mode="trilinear", align_corners=False)`` over the volume.
+    """
+    zin = logits.shape[1]
+    scale = zin / shape[0]
+    # input coordinates of output slices z0..z1-1 (align_corners=False convention)
+    lo = max(0, int(np.floor((z0 + 0.5) * scale - 0.5)))
+    hi = min(zin, int(np.ceil((z1 - 0.5) * scale - 0.5)) + 1)
+    block = logits[:, lo:hi].float()
+    zs = (torch.arange(z0, z1, device=logits.device, dtype=torch.float64) + 0.5) * scale - 0.5
+    zs = zs.clamp(0, zin - 1) - lo
+    zf = zs.floor().long().clamp(max=block.shape[1] - 1)
+    zc = (zf + 1).clamp(max=block.shape[1] - 1)
+    w = (zs - zf).to(block.dtype)[None, :, None, None]
+    inplane = F.interpolate(block[None], size=(block.shape[1], *shape[1:]), mode="trilinear", align_corners=False)[0]
+    return inplane[:, zf] * (1 - w) + inplane[:, zc] * w
+
+
 def resample_logits(logits: torch.Tensor, shape: tuple[int, int, int] | list[int]) -> torch.Tensor:
     """Trilinear resampling of (K, z, y, x) logits to (K, *shape), in z-slabs of the output.
 
@@ -19,26 +45,37 @@ def resample_logits(logits: torch.Tensor, shape: tuple[int, int, int] | list[int
     shape = tuple(int(s) for s in shape)
     if tuple(logits.shape[1:]) == shape:
         return logits
-    k, zin = logits.shape[0], logits.shape[1]
-    out = torch.empty((k, *shape), dtype=logits.dtype, device=logits.device)
-    scale = zin / shape[0]
-    per_slice = k * shape[1] * shape[2]
-    step = max(1, SLAB_VOXELS // max(per_slice, 1))
-    for z0 in range(0, shape[0], step):
-        z1 = min(shape[0], z0 + step)
-        # input coordinates of output slices z0..z1-1 (align_corners=False convention)
-        lo = max(0, int(np.floor((z0 + 0.5) * scale - 0.5)))
-        hi = min(zin, int(np.ceil((z1 - 0.5) * scale - 0.5)) + 1)
-        block = logits[:, lo:hi].float()
-        # sample at exact source coordinates with grid_sample to match the full interpolation
-        zs = (torch.arange(z0, z1, device=logits.device, dtype=torch.float64) + 0.5) * scale - 0.5
-        zs = zs.clamp(0, zin - 1) - lo
-        zf = zs.floor().long().clamp(max=block.shape[1] - 1)
-        zc = (zf + 1).clamp(max=block.shape[1] - 1)
-        w = (zs - zf).to(block.dtype)[None, :, None, None]
-        inplane = F.interpolate(block[None], size=(block.shape[1], *shape[1:]), mode="trilinear",
-                                align_corners=False)[0]
-        out[:, z0:z1] = (inplane[:, zf] * (1 - w) + inplane[:, zc] * w).to(logits.dtype)
+    out = torch.empty((logits.shape[0], *shape), dtype=logits.dtype, device=logits.device)
+    for z0, z1 in _slab_bounds(shape[0], logits.shape[0] * shape[1] * shape[2]):
+        out[:, z0:z1] = _resample_slab(logits, shape, z0, z1).to(logits.dtype)
+    return out
+
+
+def resample_and_finalize(logits: torch.Tensor, shape: tuple[int, int, int] | list[int], mode: str = "softmax",
+                          return_probabilities: bool = False, return_uncertainty: bool = False,
+                          backend: str = "auto"):
+    """Resample (K, z, y, x) averaged logits to ``shape`` and finalize them, one z-slab at a time.
+
+    Same result as ``finalize(resample_logits(logits, shape), ...)``, but the resampled
+    float logits exist only one slab at a time: besides the outputs (uint8 labels, fp16
+    maps), memory grows with the slab, not with K × the output volume.
+
+    Returns:
+        A :class:`volseg.kernels.finalize.Finalized` of spatial shape ``shape``.
+    """
+    from volseg.kernels.finalize import allocate_outputs, finalize
+
+    shape = tuple(int(s) for s in shape)
+    k = logits.shape[0]
+    out = allocate_outputs(k, shape, logits.device, mode, return_probabilities, return_uncertainty)
+    for z0, z1 in _slab_bounds(shape[0], k * shape[1] * shape[2]):
+        part = finalize(_resample_slab(logits, shape, z0, z1), mode=mode, return_probabilities=return_probabilities,
+                        return_uncertainty=return_uncertainty, backend=backend)
+        for name in ("labels", "max_prob", "entropy"):
+            if getattr(out, name) is not None:
+                getattr(out, name)[z0:z1] = getattr(part, name)
+        if out.probabilities is not None:
+            out.probabilities[:, z0:z1] = part.probabilities
     return out
 
 

@@ -29,7 +29,8 @@ class Finalized:
     entropy: torch.Tensor | None = None
 
 
-def _alloc(k: int, shape, device, mode: str, probs: bool, unc: bool) -> Finalized:
+def allocate_outputs(k: int, shape, device, mode: str, probs: bool, unc: bool) -> Finalized:
+    """Empty outputs of a finalize pass over K channels of spatial ``shape`` (z, y, x)."""
     z, y, x = shape
     return Finalized(
         labels=torch.empty((z, y, x), dtype=torch.uint8, device=device) if mode == "softmax" else None,
@@ -42,7 +43,7 @@ def finalize_torch(acc: torch.Tensor, nz: torch.Tensor, ny: torch.Tensor, nx: to
                    return_probabilities: bool = False, return_uncertainty: bool = False) -> Finalized:
     """Reference path; see the module docstring. ``nz`` covers exactly the z-range of ``acc``."""
     k, zs, ys, xs = acc.shape
-    out = _alloc(k, (zs, ys, xs), acc.device, mode, return_probabilities, return_uncertainty)
+    out = allocate_outputs(k, (zs, ys, xs), acc.device, mode, return_probabilities, return_uncertainty)
     inv_yx = (1.0 / (ny[:, None] * nx[None, :]))
     step = max(1, CHUNK_VOXELS // max(ys * xs, 1))
     for z0 in range(0, zs, step):
@@ -145,7 +146,7 @@ def finalize_triton(acc: torch.Tensor, nz: torch.Tensor, ny: torch.Tensor, nx: t
         _KERNEL = _kernel()
     acc = acc.contiguous()
     k, zs, ys, xs = acc.shape
-    out = _alloc(k, (zs, ys, xs), acc.device, mode, return_probabilities, return_uncertainty)
+    out = allocate_outputs(k, (zs, ys, xs), acc.device, mode, return_probabilities, return_uncertainty)
     dummy = torch.empty(1, dtype=torch.float16, device=acc.device)
     n = zs * ys * xs
     grid = ((n + BLOCK - 1) // BLOCK,)
