@@ -1,5 +1,10 @@
 """The main job on built-in demo data: demo data → plan → train → predict → evaluate.
 
+``--dataset ms`` (the default): two-timepoint FLAIR, labels stable / new / vanishing, scored
+per label and for the regions "lesions at follow-up" and "all lesions". ``--dataset lung``:
+chest CT with nodules, trained as a segmentation task (the nodule class), scored voxel-wise
+and nodule by nodule.
+
 Run through ``bash scripts/demo.sh [OUT]``, which installs volseg first. Every stage is
 one call of volseg's Python API; the table at the end gives the scores and the time of
 each stage. Outputs under OUT: ``data/`` (the dataset), ``plan/`` (fingerprint, plan,
@@ -34,6 +39,7 @@ def stage(name: str, timings: dict):
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default="demo_run", help="output folder (default demo_run)")
+    ap.add_argument("--dataset", choices=["ms", "lung"], default="ms", help="which demo dataset (default ms)")
     ap.add_argument("--cases", type=int, default=12, help="training cases of the demo dataset")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--epochs", type=int, default=50, help="training epochs (default 50; the plan says 30)")
@@ -45,10 +51,10 @@ def main() -> int:
     import volseg
 
     out = Path(args.out)
-    data, plan_dir = out / "data" / "ms_demo", out / "plan"
+    data, plan_dir = out / "data" / f"{args.dataset}_demo", out / "plan"
     timings: dict[str, float] = {}
     with stage("demo data", timings):
-        volseg.demo_data("ms", data, num_cases=args.cases, seed=args.seed)
+        volseg.demo_data(args.dataset, data, num_cases=args.cases, seed=args.seed)
     with stage("plan", timings):
         plans = volseg.plan(data, plan_dir, device="cpu")
         from volseg.planning.summary import plan_table
@@ -62,9 +68,9 @@ def main() -> int:
         volseg.predict([data / "imagesTs"], out / "predictions", model_dir, save_uncertainty=True)
     with stage("evaluate", timings):
         validation = fold_dir / "validation"
+        regions = {"followup_lesions": (1, 2), "all_lesions": (1, 2, 3)} if args.dataset == "ms" else None
         summary = volseg.evaluate(validation, validation / "reference", out / "evaluation", dataset_dir=data,
-                                  images_dir=data / "imagesTr",
-                                  regions={"followup_lesions": (1, 2), "all_lesions": (1, 2, 3)})
+                                  images_dir=data / "imagesTr", regions=regions, lesion_wise=True)
     print_table(summary, timings, out, model_dir)
     return 0
 

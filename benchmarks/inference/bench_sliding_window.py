@@ -6,9 +6,15 @@ Reported per method: wall time, pure network time (the forward passes, timed ins
 run), stitching overhead = (total − network) / network, and peak memory (resident set on
 the CPU, ``torch.cuda.max_memory_allocated`` on a GPU). Ratios are printed side by side.
 
+nnU-Net v2's predictor (``nnUNetPredictor.predict_sliding_window_return_logits``) runs in
+its own environment (``bash scripts/setup_peers.sh``) with its own ``PlainConvUNet`` of the
+same topology (same cost per forward pass, its own random weights); it predicts one tile at
+a time, whatever ``--tile-batch`` says.
+
 Usage:
     python benchmarks/inference/bench_sliding_window.py [--size 128 160 160] [--patch 64 96 96]
         [--classes 4] [--device cpu|cuda] [--tta] [--repeat 2]
+        [--nnunet-python ../peers/nnunet/bin/python]
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ from pathlib import Path
 import torch
 
 HERE = Path(__file__).resolve()
+DEFAULT_PEER = HERE.parents[2].parent / "peers" / "nnunet" / "bin" / "python"
 
 
 def build_network(classes: int, patch: list[int]) -> torch.nn.Module:
@@ -115,6 +122,7 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--tta", action="store_true", help="mirroring over all three axes (8 passes)")
     ap.add_argument("--repeat", type=int, default=2, help="runs per method; the fastest counts")
+    ap.add_argument("--nnunet-python", type=Path, default=DEFAULT_PEER)
     ap.add_argument("--method", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.method:  # child process
@@ -127,16 +135,30 @@ def main() -> None:
         if proc.returncode != 0:
             raise SystemExit(proc.stderr[-3000:])
         results[method] = json.loads(proc.stdout.strip().splitlines()[-1])
+    if args.nnunet_python.is_file():
+        spec = {"size": args.size, "patch": args.patch, "classes": args.classes, "tta": args.tta,
+                "repeat": args.repeat, "device": args.device}
+        proc = subprocess.run([str(args.nnunet_python), str(HERE.parents[1] / "peers" / "nnunet_sliding_window.py"),
+                               json.dumps(spec)], capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise SystemExit(proc.stderr[-3000:])
+        results["nnU-Net"] = json.loads(proc.stdout.strip().splitlines()[-1])
     name = torch.cuda.get_device_name() if args.device == "cuda" else (platform.processor() or platform.machine())
     print(f"device: {args.device} ({name}, {os.cpu_count()} cores); volume {args.size}, patch {args.patch}, "
           f"{args.classes} classes, tile batch {args.tile_batch}, TTA {'on' if args.tta else 'off'}")
-    print("nnU-Net v2 predictor: not measured here (see benchmarks/README.md)")
+    if "nnU-Net" not in results:
+        print(f"nnU-Net v2 not found at {args.nnunet_python}: its predictor is not measured "
+              "(bash scripts/setup_peers.sh installs it, or pass --nnunet-python)")
     print(f"{'method':<10}{'total s':>10}{'network s':>11}{'overhead':>10}{'peak MB':>10}")
     for m, r in results.items():
         over = (r["total"] - r["network"]) / r["network"]
         print(f"{m:<10}{r['total']:>10.2f}{r['network']:>11.2f}{100 * over:>9.1f}%{r['peak_mb']:>10.0f}")
-    v, mo = results["volseg"], results["monai"]
-    print(f"\nMONAI / volseg: time {mo['total'] / v['total']:.2f}×, peak memory {mo['peak_mb'] / v['peak_mb']:.2f}×")
+    v = results["volseg"]
+    print()
+    for m in results:
+        if m != "volseg":
+            r = results[m]
+            print(f"{m} / volseg: time {r['total'] / v['total']:.2f}×, peak memory {r['peak_mb'] / v['peak_mb']:.2f}×")
 
 
 if __name__ == "__main__":

@@ -64,8 +64,9 @@ def test_epochs_within_a_time_limit():
 def test_time_limit_shortens_the_schedule_and_resume_keeps_it(tiny_plan, tmp_path):
     model = tmp_path / "m"
     # a limit far below one epoch: training stops after the first, with the schedule ended
-    fold_dir = train(tiny_plan, model, fold=0, epochs=5, iterations=2, progress=False, validate=False,
-                     time_limit_minutes=1e-4)
+    assert main(["train", str(tiny_plan), "-o", str(model), "--fold", "0", "--epochs", "5", "--iters", "2",
+                 "--time-limit", "0.0001", "--no-validation", "--no-progress"]) == 0
+    fold_dir = model / "fold_0"
     ck = load_checkpoint(fold_dir / "checkpoint_final.pt")
     assert ck["epoch"] == 1 and ck["epochs"] == 1
     assert len((fold_dir / "log.jsonl").read_text().splitlines()) == 1
@@ -75,6 +76,8 @@ def test_time_limit_shortens_the_schedule_and_resume_keeps_it(tiny_plan, tmp_pat
     with pytest.raises(ValueError, match="time limit must be positive"):
         train(tiny_plan, tmp_path / "n", fold=0, epochs=1, iterations=1, progress=False, validate=False,
               time_limit_minutes=0)
+    with pytest.raises(SystemExit, match="--time-limit must be a positive number"):
+        main(["train", str(tiny_plan), "--time-limit", "-1"])
 
 
 def test_bad_inputs(tiny_plan, tmp_path, capsys):

@@ -32,6 +32,19 @@ def dataset_root(model_dir: Path) -> Path | None:
     return root if (root / "imagesTr").is_dir() else None
 
 
+def write_reference(label_file: Path, dst: Path, instance_file: Path | None = None) -> None:
+    """Copy a reference label map to ``dst``; an instance map (with its ``CASE.json``) becomes its class map."""
+    if instance_file is None:
+        shutil.copyfile(label_file, dst)
+        return
+    from volseg.fingerprint.case import semantic_label
+    from volseg.io.dataset import read_instances
+    from volseg.io.nifti import write_image
+
+    label, geometry = read_image(label_file)
+    write_image(dst, semantic_label(label, read_instances(instance_file)).astype(np.uint8), geometry)
+
+
 def validate_fold(model_dir: str | Path, fold: str, val_ids: list[str], device: str = "auto",
                   progress: bool = True) -> dict | None:
     """Predict and score the held-out cases of ``fold``; returns the evaluation summary (None when skipped)."""
@@ -54,7 +67,8 @@ def validate_fold(model_dir: str | Path, fold: str, val_ids: list[str], device: 
     for c in val_ids:
         src, dst = root / "labelsTr" / f"{c}{ending}", ref / f"{c}{ending}"
         if not dst.exists():
-            shutil.copyfile(src, dst)
+            write_reference(src, dst, root / "labelsTr" / f"{c}.json"
+                            if model.plans["dataset"].get("instance_labels") else None)
     summary = evaluate_folders(out, ref, out / "evaluation", dataset_dir=root, num_workers=1,
                                plots=True, worst=2)
     log.info("fold %s validation: foreground mean Dice %s", fold, summary.get("foreground_mean"))

@@ -1,0 +1,88 @@
+"""Runs inside nnU-Net v2's own environment (never volseg's): times nnU-Net's sliding-window
+predictor on a random volume with a network of the benchmark's topology. Called by
+benchmarks/inference/bench_sliding_window.py.
+
+Usage: PEER_PYTHON nnunet_sliding_window.py '{"size": [...], "patch": [...], "classes": 4,
+    "tta": false, "repeat": 2, "device": "cpu"}'
+
+Prints one JSON line: total and network seconds of the fastest run, peak memory (MB), and
+the label sum (a checksum). The network is nnU-Net's own ``PlainConvUNet`` with the same
+stages, features, kernels, strides, instance norm and leaky ReLU as volseg's benchmark
+network, so each forward pass costs the same; its weights are its own random ones.
+nnU-Net predicts one tile at a time (it has no tile batch).
+"""
+
+import json
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import torch
+from dynamic_network_architectures.architectures.unet import PlainConvUNet
+from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+
+
+class Timed(torch.nn.Module):
+    def __init__(self, net, device):
+        super().__init__()
+        self.net, self.device, self.seconds = net, device, 0.0
+
+    def forward(self, x):
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        out = self.net(x)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+        self.seconds += time.perf_counter() - t0
+        return out
+
+
+def peak_rss_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def main() -> None:
+    a = json.loads(sys.argv[1])
+    device = torch.device(a["device"])
+    torch.manual_seed(0)
+    net = PlainConvUNet(1, 5, [16, 32, 64, 128, 256], torch.nn.Conv3d, [[3, 3, 3]] * 5,
+                        [[1, 1, 1]] + [[2, 2, 2]] * 4, [2] * 5, a["classes"], [2] * 4, conv_bias=True,
+                        norm_op=torch.nn.InstanceNorm3d, norm_op_kwargs={"eps": 1e-5, "affine": True},
+                        nonlin=torch.nn.LeakyReLU, nonlin_kwargs={"inplace": True}, deep_supervision=False)
+    net = net.to(device).eval()
+    torch.manual_seed(1)
+    image = torch.randn(1, *a["size"])
+    best = None
+    for _ in range(a["repeat"]):
+        predictor = nnUNetPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=a["tta"],
+                                    perform_everything_on_device=device.type == "cuda", device=device,
+                                    verbose=False, allow_tqdm=False)
+        timed = Timed(net, device)
+        predictor.network = timed
+        predictor.configuration_manager = SimpleNamespace(patch_size=list(a["patch"]))
+        predictor.label_manager = SimpleNamespace(num_segmentation_heads=a["classes"])
+        predictor.allowed_mirroring_axes = (0, 1, 2)
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            logits = predictor.predict_sliding_window_return_logits(image)
+            labels = torch.softmax(logits.float(), 0).argmax(0).to(torch.uint8).cpu()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        total = time.perf_counter() - t0
+        rec = {"total": total, "network": timed.seconds, "labels_sum": int(labels.sum())}
+        if best is None or total < best["total"]:
+            best = rec
+    best["peak_mb"] = (torch.cuda.max_memory_allocated() / 2 ** 20) if device.type == "cuda" else peak_rss_mb()
+    print(json.dumps(best))
+
+
+if __name__ == "__main__":
+    main()
