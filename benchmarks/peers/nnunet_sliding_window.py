@@ -22,28 +22,8 @@ import torch
 from dynamic_network_architectures.architectures.unet import PlainConvUNet
 from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 
-
-class Timed(torch.nn.Module):
-    def __init__(self, net, device):
-        super().__init__()
-        self.net, self.device, self.seconds = net, device, 0.0
-
-    def forward(self, x):
-        if self.device.type == "cuda":
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        out = self.net(x)
-        if self.device.type == "cuda":
-            torch.cuda.synchronize()
-        self.seconds += time.perf_counter() - t0
-        return out
-
-
-def peak_rss_mb() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "inference"))
+from bench_sliding_window import Timed, peak_rss_mb  # noqa: E402  (torch only; volseg is not imported)
 
 
 def main() -> None:
