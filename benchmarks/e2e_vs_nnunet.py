@@ -2,13 +2,13 @@
 
 Both pipelines run on the CPU, one after the other, on the same machine:
 
-    plan + preprocess → train fold 0 (E epochs × I iterations) → predict the held-out cases
+    plan + preprocess → train fold F (E epochs × I iterations) → predict the held-out cases
     → evaluate
 
 volseg uses its CPU plan (``3d_cpu``). nnU-Net v2's ``3d_fullres`` plan is edited to the same
 spacing, patch, batch and network topology (its own plan would take about a minute per
-iteration on 2 cores), its preprocessing re-run for that plan, and its fold 0 set to
-volseg's fold 0. Both train for the same number of iterations with the same number of
+iteration on 2 cores), its preprocessing re-run for that plan, and its folds set to
+volseg's (``--fold``, default 0). Both train for the same number of iterations with the same number of
 augmentation workers and validation iterations per epoch, and predict with overlap 0.5,
 without test-time mirroring unless ``--tta`` (both) and without post-processing.
 
@@ -22,7 +22,7 @@ nnU-Net v2 lives in its own environment (``bash scripts/setup_peers.sh``); witho
 only volseg is run, and the script says so.
 
 Usage:
-    python benchmarks/e2e_vs_nnunet.py [--epochs 30] [--iters 20] [--cases 12] [--tta]
+    python benchmarks/e2e_vs_nnunet.py [--epochs 30] [--iters 20] [--cases 12] [--fold 0] [--tta]
         [--nnunet-python ../peers/nnunet/bin/python] [--work DIR]
 """
 
@@ -74,9 +74,9 @@ def volseg_pipeline(dataset: Path, root: Path, args: argparse.Namespace) -> tupl
     times["plan"] = run(vs("plan", str(dataset), "-o", str(plan_dir), "-c", CONFIG, "--device", "cpu"))
     cfg = json.loads((plan_dir / "plans.json").read_text())["configurations"][CONFIG]
     model = plan_dir / "models" / CONFIG
-    times["train"] = run(vs("train", str(plan_dir), "-c", CONFIG, "--fold", "0", "--epochs", str(args.epochs),
+    times["train"] = run(vs("train", str(plan_dir), "-c", CONFIG, "--fold", str(args.fold), "--epochs", str(args.epochs),
                             "--iters", str(args.iters), "--device", "cpu", "--no-validation", "--no-progress"))
-    val_ids = json.loads((model / "splits.json").read_text())[0]["val"]
+    val_ids = json.loads((model / "splits.json").read_text())[args.fold]["val"]
     images, labels = held_out_cases(dataset, val_ids, root / "held_out")
     pred = root / "volseg" / "predictions"
     times["predict"] = run(vs("predict", "-i", str(images), "-o", str(pred), "-m", str(model), "--device", "cpu",
@@ -100,10 +100,10 @@ def nnunet_pipeline(python: Path, dataset: Path, root: Path, cfg: dict, model_sp
     shutil.copy2(model_splits, pre / dataset.name / "splits_final.json")  # same format: [{"train", "val"}]
     log = root / "nnunet_train.json"
     times["train"] = run([str(python), str(HERE / "peers" / "nnunet_train.py"), "501", str(args.epochs),
-                          str(args.iters), str(cfg["training"].get("val_iterations", 4)), str(log)], env)
+                          str(args.iters), str(cfg["training"].get("val_iterations", 4)), str(log), str(args.fold)], env)
     pred = root / "nnunet" / "predictions"
     times["predict"] = run([str(bin_dir / "nnUNetv2_predict"), "-i", str(images), "-o", str(pred), "-d", "501",
-                            "-c", "3d_fullres", "-f", "0", "-chk", "checkpoint_final.pth", "-device", "cpu",
+                            "-c", "3d_fullres", "-f", str(args.fold), "-chk", "checkpoint_final.pth", "-device", "cpu",
                             "-step_size", "0.5", "-npp", "1", "-nps", "1",
                             *([] if args.tta else ["--disable_tta"])], env)
     times["evaluate"] = run([str(bin_dir / "nnUNetv2_evaluate_folder"), str(labels), str(pred), "-djfile",
@@ -146,6 +146,7 @@ def main() -> None:
     ap.add_argument("--cases", type=int, default=12, help="training cases of the ms demo dataset")
     ap.add_argument("--epochs", type=int, default=30, help="training epochs for both (default: the plan's 30)")
     ap.add_argument("--iters", type=int, default=20, help="iterations per epoch for both (default 20)")
+    ap.add_argument("--fold", type=int, default=0, choices=range(5), help="cross-validation fold (default 0)")
     ap.add_argument("--tta", action="store_true", help="mirroring test-time augmentation for both")
     ap.add_argument("--nnunet-python", type=Path, default=DEFAULT_PEER)
     ap.add_argument("--work", type=Path, help="working folder (default: a temporary one)")
@@ -154,7 +155,7 @@ def main() -> None:
     root.mkdir(parents=True, exist_ok=True)
     dataset = make_dataset("ms", args.cases, root)
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, CPU; ms demo, "
-          f"{args.cases} cases, fold 0; budget {args.epochs} × {args.iters} iterations; "
+          f"{args.cases} cases, fold {args.fold}; budget {args.epochs} × {args.iters} iterations; "
           f"TTA {'on' if args.tta else 'off'}", flush=True)
     times, summaries = {}, {}
     times["volseg"], cfg, val_ids, labels = volseg_pipeline(dataset, root, args)

@@ -2,7 +2,7 @@
 CPU for a given budget and times each epoch. Called by benchmarks/train_throughput.py and
 benchmarks/e2e_vs_nnunet.py.
 
-Usage: PEER_PYTHON nnunet_train.py DATASET_ID EPOCHS ITERATIONS VAL_ITERATIONS OUT_JSON
+Usage: PEER_PYTHON nnunet_train.py DATASET_ID EPOCHS ITERATIONS VAL_ITERATIONS OUT_JSON [FOLD]
 (nnUNet_raw / nnUNet_preprocessed / nnUNet_results must be set.)
 
 The subclass only changes the budget (epochs, iterations per epoch, validation iterations)
@@ -24,6 +24,7 @@ from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_datas
 
 def main() -> None:
     dataset_id, out_json = sys.argv[1], sys.argv[5]
+    fold = int(sys.argv[6]) if len(sys.argv) > 6 else 0
     epochs, iterations, val_iterations = (int(a) for a in sys.argv[2:5])
     name = maybe_convert_to_dataset_name(int(dataset_id))
     plans = load_json(join(nnUNet_preprocessed, name, "nnUNetPlans.json"))
@@ -48,7 +49,7 @@ def main() -> None:
             super().on_train_epoch_end(outputs)
 
     BudgetTrainer.__name__ = BudgetTrainer.__qualname__ = "nnUNetTrainer"
-    trainer = BudgetTrainer(plans=plans, configuration="3d_fullres", fold=0, dataset_json=dataset_json,
+    trainer = BudgetTrainer(plans=plans, configuration="3d_fullres", fold=fold, dataset_json=dataset_json,
                             device=torch.device("cpu"))
     t0 = time.perf_counter()
     trainer.run_training()
