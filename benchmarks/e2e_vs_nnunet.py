@@ -60,15 +60,16 @@ def held_out_cases(dataset: Path, case_ids: list[str], dest: Path) -> tuple[Path
     return images, labels
 
 
-def score(pred: Path, ref: Path, dataset: Path, out: Path) -> dict:
-    """volseg's evaluation of ``pred`` against ``ref`` (summary.json as a dict)."""
-    run([sys.executable, "-m", "volseg", "evaluate", "--pred", str(pred), "--ref", str(ref), "--dataset",
-         str(dataset), "-o", str(out), "--regions", *REGIONS, "--no-plots"])
-    return json.loads((out / "summary.json").read_text())
+def score(pred: Path, ref: Path, dataset: Path, out: Path) -> tuple[float, dict]:
+    """volseg's evaluation of ``pred`` against ``ref``: (seconds, summary.json as a dict)."""
+    seconds = run([sys.executable, "-m", "volseg", "evaluate", "--pred", str(pred), "--ref", str(ref), "--dataset",
+                   str(dataset), "-o", str(out), "--regions", *REGIONS, "--no-plots"])
+    return seconds, json.loads((out / "summary.json").read_text())
 
 
-def volseg_pipeline(dataset: Path, root: Path, args: argparse.Namespace) -> tuple[dict, dict, list[str], Path]:
-    """Runs volseg; returns (seconds per stage, plan configuration, held-out case ids, labels folder)."""
+def volseg_pipeline(dataset: Path, root: Path,
+                    args: argparse.Namespace) -> tuple[dict, dict, dict, list[str], Path]:
+    """Runs volseg; returns (seconds per stage, evaluation summary, plan configuration, held-out ids, labels folder)."""
     vs = lambda *a: [sys.executable, "-m", "volseg", *a]  # noqa: E731
     plan_dir, times = root / "volseg" / "plan", {}
     times["plan"] = run(vs("plan", str(dataset), "-o", str(plan_dir), "-c", CONFIG, "--device", "cpu"))
@@ -81,9 +82,8 @@ def volseg_pipeline(dataset: Path, root: Path, args: argparse.Namespace) -> tupl
     pred = root / "volseg" / "predictions"
     times["predict"] = run(vs("predict", "-i", str(images), "-o", str(pred), "-m", str(model), "--device", "cpu",
                               "--no-postprocessing", "--no-progress", *([] if args.tta else ["--no-tta"])))
-    times["evaluate"] = run(vs("evaluate", "--pred", str(pred), "--ref", str(labels), "--dataset", str(dataset),
-                               "-o", str(root / "volseg" / "evaluation"), "--regions", *REGIONS, "--no-plots"))
-    return times, cfg, val_ids, labels
+    times["evaluate"], summary = score(pred, labels, dataset, root / "volseg" / "evaluation")
+    return times, summary, cfg, val_ids, labels
 
 
 def nnunet_pipeline(python: Path, dataset: Path, root: Path, cfg: dict, model_splits: Path, images: Path,
@@ -158,14 +158,13 @@ def main() -> None:
           f"{args.cases} cases, fold {args.fold}; budget {args.epochs} × {args.iters} iterations; "
           f"TTA {'on' if args.tta else 'off'}", flush=True)
     times, summaries = {}, {}
-    times["volseg"], cfg, val_ids, labels = volseg_pipeline(dataset, root, args)
+    times["volseg"], summaries["volseg"], cfg, val_ids, labels = volseg_pipeline(dataset, root, args)
     print(f"volseg done: {times['volseg']}", flush=True)
-    summaries["volseg"] = json.loads((root / "volseg" / "evaluation" / "summary.json").read_text())
     if args.nnunet_python.is_file():
         model_splits = root / "volseg" / "plan" / "models" / CONFIG / "splits.json"
         times["nnU-Net"], pred = nnunet_pipeline(args.nnunet_python, dataset, root, cfg, model_splits,
                                                  root / "held_out" / "images", labels, args)
-        summaries["nnU-Net"] = score(pred, labels, dataset, root / "nnunet" / "evaluation")
+        _, summaries["nnU-Net"] = score(pred, labels, dataset, root / "nnunet" / "evaluation")
     else:
         print(f"nnU-Net v2 not found at {args.nnunet_python}: only volseg is run "
               "(bash scripts/setup_peers.sh installs it, or pass --nnunet-python)")

@@ -14,7 +14,6 @@ nnU-Net predicts one tile at a time (it has no tile batch).
 
 import json
 import sys
-import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -23,7 +22,7 @@ from dynamic_network_architectures.architectures.unet import PlainConvUNet
 from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "inference"))
-from bench_sliding_window import Timed, peak_rss_mb  # noqa: E402  (torch only; volseg is not imported)
+from bench_sliding_window import Timed, best_of  # noqa: E402  (torch only; volseg is not imported)
 
 
 def main() -> None:
@@ -37,30 +36,19 @@ def main() -> None:
     net = net.to(device).eval()
     torch.manual_seed(1)
     image = torch.randn(1, *a["size"])
-    best = None
-    for _ in range(a["repeat"]):
-        predictor = nnUNetPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=a["tta"],
-                                    perform_everything_on_device=device.type == "cuda", device=device,
-                                    verbose=False, allow_tqdm=False)
-        timed = Timed(net, device)
+    predictor = nnUNetPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=a["tta"],
+                                perform_everything_on_device=device.type == "cuda", device=device,
+                                verbose=False, allow_tqdm=False)
+    predictor.configuration_manager = SimpleNamespace(patch_size=list(a["patch"]))
+    predictor.label_manager = SimpleNamespace(num_segmentation_heads=a["classes"])
+    predictor.allowed_mirroring_axes = (0, 1, 2)
+
+    def predict(timed: Timed) -> torch.Tensor:
         predictor.network = timed
-        predictor.configuration_manager = SimpleNamespace(patch_size=list(a["patch"]))
-        predictor.label_manager = SimpleNamespace(num_segmentation_heads=a["classes"])
-        predictor.allowed_mirroring_axes = (0, 1, 2)
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats()
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        with torch.inference_mode():
-            logits = predictor.predict_sliding_window_return_logits(image)
-            labels = torch.softmax(logits.float(), 0).argmax(0).to(torch.uint8).cpu()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        total = time.perf_counter() - t0
-        rec = {"total": total, "network": timed.seconds, "labels_sum": int(labels.sum())}
-        if best is None or total < best["total"]:
-            best = rec
-    best["peak_mb"] = (torch.cuda.max_memory_allocated() / 2 ** 20) if device.type == "cuda" else peak_rss_mb()
+        logits = predictor.predict_sliding_window_return_logits(image)
+        return torch.softmax(logits.float(), 0).argmax(0).to(torch.uint8).cpu()
+
+    best = best_of(a["repeat"], device, net, predict)
     print(json.dumps(best))
 
 
