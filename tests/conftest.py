@@ -31,7 +31,7 @@ def tiny_plan(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_model(tiny_plan, tmp_path_factory):
     """A model folder with folds 0 and 1 of the tiny plan, trained for a few iterations."""
-    from volseg.training.run import train
+    from volseg.workflow import train_fold as train
 
     model = tmp_path_factory.mktemp("model") / "m"
     for fold in (0, 1):

@@ -21,5 +21,5 @@ def ddp_worker(rank: int, world: int, port: int, plan_dir: str, out: str) -> Non
         return state
 
     run_mod.run_training = spy
-    run_mod.train(plan_dir, out, fold=0, epochs=1, iterations=3, progress=False, device="cpu", validate=False)
+    run_mod.train(plan_dir, out, fold=0, epochs=1, iterations=3, progress=False, device="cpu")
     torch.save(captured["weights"], f"{out}/rank{rank}.pt")

@@ -32,10 +32,11 @@ def plan(dataset_dir: str | os.PathLike, out_dir: str | os.PathLike, **kwargs) -
 
 def train(plan_dir: str | os.PathLike, model_dir: str | os.PathLike | None = None, fold: int | str = 0,
           **kwargs) -> Path:
-    """Train one fold (see :func:`volseg.training.run.train`)."""
-    from volseg.training.run import train as _train
+    """Train one fold, then predict its held-out cases and fit the calibrators (see
+    :func:`volseg.workflow.train_fold`); returns the fold's folder."""
+    from volseg.workflow import train_fold
 
-    return _train(plan_dir, model_dir, fold=fold, **kwargs)
+    return train_fold(plan_dir, model_dir, fold=fold, **kwargs)
 
 
 def predict(inputs: str | os.PathLike | list, out_dir: str | os.PathLike, model_dir: str | os.PathLike,
@@ -49,8 +50,9 @@ def predict(inputs: str | os.PathLike | list, out_dir: str | os.PathLike, model_
     Returns:
         The prediction summary (also written to ``out_dir/summary.json``).
     """
-    from volseg.inference.model import load_model
     from volseg.inference.predictor import PredictOptions, predict_folder, resolve_device
+
+    from volseg.model import load_model
 
     opts = PredictOptions(**options)
     model = load_model(model_dir, folds, checkpoint, resolve_device(opts.device))

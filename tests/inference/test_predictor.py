@@ -6,7 +6,7 @@ from synthetic import ROTATED, blob_case
 
 from volseg.cli.main import main
 from volseg.errors import ModelError
-from volseg.inference.model import load_model
+from volseg.model import load_model
 from volseg.io.nifti import Geometry, read_image, write_image
 
 
@@ -73,7 +73,20 @@ def test_wrong_channel_count_is_reported(tiny_model, inputs, tmp_path, capsys):
     image, _ = blob_case(geoms["c"].shape, seed=1)
     write_image(folder / "c_0001.nii.gz", image, geoms["c"])
     main(["predict", "-i", str(folder), "-o", str(tmp_path / "o"), "-m", str(tiny_model), "--no-progress"])
-    assert "more channels than the model's 1" in capsys.readouterr().out
+    assert "c_0001.nii.gz: unexpected channel 1 of case c" in capsys.readouterr().out
+
+
+def test_missing_middle_channel_names_the_missing_file(tmp_path):
+    """Regression: "channel 1 missing, channel 2 present" was reported as "more channels than the model's 2"."""
+    from volseg.errors import DatasetError
+    from volseg.inference.cases import InputCase, read_input_case
+
+    case = InputCase("c", (tmp_path / "c_0000.nii.gz", None, tmp_path / "c_0002.nii.gz"))
+    with pytest.raises(DatasetError, match=r"c_0001.nii.gz: missing channel 1 of case c"):
+        read_input_case(case, 3)
+    with pytest.raises(DatasetError, match=r"c_0002.nii.gz: unexpected channel 2 of case c"):
+        read_input_case(InputCase("c", (tmp_path / "c_0000.nii.gz", tmp_path / "c_0001.nii.gz",
+                                        tmp_path / "c_0002.nii.gz")), 2)
 
 
 def test_single_folds_and_bad_model(tiny_model, tmp_path):

@@ -6,7 +6,7 @@ from synthetic import make_dataset
 
 from volseg.cli.main import main
 from volseg.errors import PlanError
-from volseg.planning.plans import load_plans, validate_plans
+from volseg.planning.plans import load_plans, plans_schema, save_plans, validate_plans
 from volseg.planning.run import plan_and_preprocess
 
 
@@ -86,3 +86,32 @@ def test_bad_case_leaves_no_plan(tmp_path, capsys):
     assert main(["plan", str(data), "-o", str(tmp_path / "o"), "-j", "1"]) == 2
     assert "case_001.nii.gz" in capsys.readouterr().err
     assert not (tmp_path / "o" / "plans.json").exists() and not (tmp_path / "o" / "fingerprint.json").exists()
+
+
+@pytest.mark.parametrize("text", ["NaN", "Infinity", "-Infinity"])
+def test_non_finite_numbers_in_plan_are_rejected(planned, tmp_path, text):
+    """Regression: "lr": NaN (read by Python's json, passed by the schema) was accepted."""
+    import jsonschema
+
+    _, out, _ = planned
+    plans = json.loads((out / "plans.json").read_text())
+    plans["configurations"]["3d_cpu"]["training"]["optimizer"]["lr"] = float(text)
+    path = tmp_path / "plans.json"
+    path.write_text(json.dumps(plans, indent=2))
+    assert f'"lr": {text}' in path.read_text()
+    if text == "NaN":  # the schema alone lets it through
+        assert jsonschema.Draft202012Validator(plans_schema()).is_valid(json.loads(path.read_text()))
+    with pytest.raises(PlanError, match=r"plans.json: invalid plan at configurations/3d_cpu/training/optimizer/lr: "
+                                        r"-?(nan|inf) is not a finite number") as e:
+        load_plans(path)
+    assert "\n" not in str(e.value)
+
+
+def test_first_non_finite_number_is_named_and_not_saved(planned, tmp_path):
+    _, _, plans = planned
+    edited = json.loads(json.dumps(plans))
+    edited["normalization"][0]["std"] = float("inf")
+    edited["configurations"]["3d_cpu"]["spacing"][1] = float("nan")
+    with pytest.raises(PlanError, match=r"invalid plan at normalization/0/std: inf"):
+        save_plans(edited, tmp_path / "plans.json")
+    assert not (tmp_path / "plans.json").exists()

@@ -4,7 +4,6 @@ import pytest
 import torch
 
 from volseg.errors import ModelError
-from volseg.training.checkpoint import load_checkpoint, save_checkpoint
 from volseg.training.metrics import confusion_counts, dice_from_counts
 from volseg.training.progress import EpochLog
 from volseg.training.schedule import learning_rate
@@ -40,29 +39,6 @@ def test_splits_bad_inputs(tmp_path):
         load_or_create_splits(p, IDS)
     with pytest.raises(ModelError, match="fold 7 does not exist"):
         fold_cases(make_splits(IDS), 7)
-
-
-def test_checkpoint_round_trip_weights_only(tmp_path):
-    net = torch.nn.Conv3d(1, 2, 3)
-    opt = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9, nesterov=True)
-    net(torch.randn(1, 1, 5, 5, 5)).sum().backward()
-    opt.step()
-    p = save_checkpoint(tmp_path / "ck.pt", {"network": net.state_dict(), "optimizer": opt.state_dict(),
-                                             "epoch": 3, "plan_hash": "abc", "ema_dice": None})
-    raw = torch.load(p, weights_only=True)  # loads without unpickling arbitrary objects
-    assert raw["epoch"] == 3
-    state = load_checkpoint(p, plan_hash="abc")
-    assert torch.equal(state["network"]["weight"], net.weight)
-    with pytest.raises(ModelError, match="another plan"):
-        load_checkpoint(p, plan_hash="other")
-    assert sorted(x.name for x in tmp_path.iterdir()) == ["ck.pt"]
-
-
-def test_damaged_checkpoint_is_reported(tmp_path):
-    p = tmp_path / "ck.pt"
-    p.write_bytes(b"\x00garbage")
-    with pytest.raises(ModelError, match="ck.pt: cannot read checkpoint"):
-        load_checkpoint(p)
 
 
 def test_poly_schedule():

@@ -8,8 +8,8 @@ from ddp_worker import ddp_worker
 
 from volseg.cli.main import main
 from volseg.errors import ModelError, PlanError
-from volseg.training.checkpoint import load_checkpoint
-from volseg.training.run import train
+from volseg.model.checkpoint import load_checkpoint
+from volseg.workflow import train_fold as train
 
 
 def _weights(path):
@@ -76,8 +76,9 @@ def test_time_limit_shortens_the_schedule_and_resume_keeps_it(tiny_plan, tmp_pat
     with pytest.raises(ValueError, match="time limit must be positive"):
         train(tiny_plan, tmp_path / "n", fold=0, epochs=1, iterations=1, progress=False, validate=False,
               time_limit_minutes=0)
-    with pytest.raises(SystemExit, match="--time-limit must be a positive number"):
+    with pytest.raises(SystemExit) as e:  # a usage error: status 2, "expected a positive number" on stderr
         main(["train", str(tiny_plan), "--time-limit", "-1"])
+    assert e.value.code == 2
 
 
 def test_bad_inputs(tiny_plan, tmp_path, capsys):
@@ -116,3 +117,12 @@ def test_ddp_two_cpu_ranks_stay_in_sync(tiny_plan, tmp_path):
     saved = _weights(out / "fold_0" / "checkpoint_final.pt")
     assert all(torch.equal(w0[k], w1[k]) for k in w0)
     assert all(torch.equal(w0[k], saved[k]) for k in w0)  # rank 0 wrote what both hold
+
+
+@pytest.mark.parametrize("kwargs", [{"epochs": 0}, {"iterations": -3}, {"epochs": 2.5}])
+def test_non_positive_schedule_overrides_are_refused(tiny_plan, tmp_path, kwargs):
+    """Regression: epochs=0 ran the plan's epochs and iterations=-3 ran none."""
+    from volseg.training.run import train as train_only
+
+    with pytest.raises(ValueError, match="must be a positive integer"):
+        train_only(tiny_plan, tmp_path / "m", fold=0, progress=False, **kwargs)

@@ -36,7 +36,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from volseg.inference.model import load_model
+    from volseg.model import load_model
     from volseg.inference.predictor import PredictOptions, predict_folder, resolve_device
 
     options = PredictOptions(step_fraction=args.step, tta=not args.no_tta, save_probabilities=args.save_probabilities,

@@ -13,17 +13,17 @@ def add_parser(sub) -> argparse.ArgumentParser:
         "For several GPUs or nodes launch with torchrun, e.g. torchrun --nproc_per_node 4 -m volseg train ...")
     p.add_argument("plan_dir", help="folder written by volseg plan (plans.json, preprocessed/)")
     p.add_argument("-o", "--out", help="model folder (default: PLAN_DIR/models/<configuration>)")
-    p.add_argument("-f", "--fold", default="0", help="fold 0..4, 'all' (every case, no validation), or a "
+    p.add_argument("-f", "--fold", type=fold_list, default="0", help="fold 0..4, 'all' (every case, no validation), or a "
                    "comma-separated list such as 0,1,2,3,4 (default 0)")
     p.add_argument("-c", "--configuration", help="configuration (default: the plan's default_configuration)")
-    p.add_argument("--epochs", type=int, help="override the plan's number of epochs")
-    p.add_argument("--iters", type=int, help="override the plan's iterations per epoch")
-    p.add_argument("--time-limit", type=float, metavar="MINUTES",
+    p.add_argument("--epochs", type=positive_int, help="override the plan's number of epochs")
+    p.add_argument("--iters", type=positive_int, help="override the plan's iterations per epoch")
+    p.add_argument("--time-limit", type=positive_float, metavar="MINUTES",
                    help="fit training into this many minutes: after the first epoch, lower the number of "
                         "epochs to what fits (the final validation is not counted)")
     p.add_argument("--resume", action="store_true", help="continue from the fold's checkpoint_latest.pt")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="default: cuda if available")
-    p.add_argument("-j", "--workers", type=int, help="background augmentation processes (default: the plan's)")
+    p.add_argument("-j", "--workers", type=non_negative_int, help="background augmentation processes (default: the plan's)")
     p.add_argument("--seed", type=int, default=0, help="seed of weights, sampling and augmentation (default 0)")
     p.add_argument("--no-validation", action="store_true",
                    help="skip the final sliding-window validation of the held-out cases (and the post-processing choice)")
@@ -31,16 +31,59 @@ def add_parser(sub) -> argparse.ArgumentParser:
     return p
 
 
-def run(args: argparse.Namespace) -> int:
-    from volseg.training.run import train
+def positive_int(text: str) -> int:
+    """argparse type: an integer of at least 1 (a usage error, exit status 2, otherwise)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
 
-    if args.time_limit is not None and args.time_limit <= 0:
-        raise SystemExit(f"volseg train: error: --time-limit must be a positive number of minutes, got {args.time_limit}")
-    folds = ["all"] if args.fold == "all" else [f.strip() for f in str(args.fold).split(",") if f.strip()]
-    for fold in folds:
-        if fold != "all" and not fold.isdigit():
-            raise SystemExit(f"volseg train: error: --fold must be a number, a list of numbers or 'all', got {fold!r}")
-        out = train(args.plan_dir, args.out, fold=fold, config_name=args.configuration, epochs=args.epochs,
+
+def non_negative_int(text: str) -> int:
+    """argparse type: an integer of at least 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """argparse type: a finite number greater than 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text}")
+    return value
+
+
+def fold_list(text: str) -> list[str]:
+    """argparse type of ``--fold``: "all", a fold number, or comma-separated fold numbers.
+
+    Example:
+        >>> fold_list("0, 2")
+        ['0', '2']
+    """
+    folds = [f.strip() for f in text.split(",") if f.strip()]
+    bad = [f for f in folds if f != "all" and not (f.isascii() and f.isdigit())]
+    if bad or not folds:
+        raise argparse.ArgumentTypeError(
+            f"expected a fold number, a comma-separated list of fold numbers or 'all', got {text!r}")
+    return [str(int(f)) if f != "all" else f for f in folds]
+
+
+def run(args: argparse.Namespace) -> int:
+    from volseg.workflow import train_fold
+
+    for fold in args.fold:
+        out = train_fold(args.plan_dir, args.out, fold=fold, config_name=args.configuration, epochs=args.epochs,
                     iterations=args.iters, time_limit_minutes=args.time_limit,
                     resume_training=args.resume, device=args.device,
                     num_workers=args.workers, seed=args.seed, progress=not args.no_progress,

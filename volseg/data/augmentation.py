@@ -291,7 +291,7 @@ def _intensity(params: dict) -> list[AbstractTransform]:
 
 def build_transforms(params: dict | None, patch_size: Sequence[int],
                      deep_supervision_scales: Sequence[Sequence[float]] | None = None,
-                     is_training: bool = True, to_torch: bool = True) -> Compose:
+                     is_training: bool = True, to_torch: bool = True, targets: AbstractTransform | None = None) -> Compose:
     """The batchgenerators pipeline for batches from :class:`volseg.data.sampling.PatchSampler`.
 
     Args:
@@ -301,6 +301,9 @@ def build_transforms(params: dict | None, patch_size: Sequence[int],
         deep_supervision_scales: Per-axis factors per output (e.g. ``[[1, 1, 1], [0.5, 0.5, 0.5]]``),
             or None for one full-resolution target.
         is_training: Augment (training) or not (validation).
+        targets: The transform that turns the augmented ``seg`` into ``target`` (a task's
+            :meth:`~volseg.tasks.base.Task.targets`); default
+            ``DeepSupervisionTargets(deep_supervision_scales)``.
         to_torch: End with :class:`ToTorch`; the loader passes False and converts in the consuming
             process (torch tensors sent from worker processes travel as file descriptors that
             die with the worker, which breaks batches still in flight at shutdown).
@@ -324,7 +327,7 @@ def build_transforms(params: dict | None, patch_size: Sequence[int],
             steps.append(MirrorTransform(tuple(params["mirror_axes"])))
     else:
         steps = [WindowSpatialTransform(patch_size, None)]
-    steps.append(DeepSupervisionTargets(deep_supervision_scales))
+    steps.append(targets if targets is not None else DeepSupervisionTargets(deep_supervision_scales))
     if to_torch:
         steps.append(ToTorch())
     return Compose(steps)

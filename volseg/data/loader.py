@@ -177,7 +177,7 @@ class BatchLoader:
 def make_loader(cases: Sequence[Case], patch_size: Sequence[int], batch_size: int,
                 augmentation: dict | None = None,
                 deep_supervision_scales: Sequence[Sequence[float]] | None = None, *,
-                training: bool = True, foreground_oversampling: float = 0.33, num_workers: int = 2,
+                targets=None, training: bool = True, foreground_oversampling: float = 0.33, num_workers: int = 2,
                 seed: int = 0, rank: int = 0, world_size: int = 1, pin_memory: bool = False,
                 num_cached: int = 3) -> BatchLoader:
     """A training or validation batch loader.
@@ -190,6 +190,8 @@ def make_loader(cases: Sequence[Case], patch_size: Sequence[int], batch_size: in
         augmentation: The plan's ``augmentation`` dict; None = no augmentation.
         deep_supervision_scales: Per-axis factors per network output, e.g.
             ``[[1, 1, 1], [1, 0.5, 0.5], [0.5, 0.25, 0.25]]``; None = one target tensor.
+        targets: The task's transform from the augmented ``seg`` to ``target``
+            (:meth:`volseg.tasks.base.Task.targets`); replaces ``deep_supervision_scales``.
         training: False for validation: no augmentation (same sampling, same foreground
             oversampling, as nnU-Net's pseudo-Dice on patches).
         foreground_oversampling: Fraction of the global batch forced to contain foreground.
@@ -215,7 +217,7 @@ def make_loader(cases: Sequence[Case], patch_size: Sequence[int], batch_size: in
     sampler = PatchSampler(cases, patch_size, batch_size, None, foreground_oversampling,
                            seed=seed, rank=rank, world_size=world_size)
     transform = build_transforms(params, patch_size, deep_supervision_scales, is_training=params is not None,
-                                 to_torch=False)
+                                 to_torch=False, targets=targets)
     seeds = [_worker_seed(seed, rank, w, training) for w in range(max(num_workers, 1))]
     log.debug("loader rank %d: %d workers, batch %d, window %s → patch %s", rank, num_workers,
               sampler.batch_size, list(sampler.sample_size), list(patch_size))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -33,16 +34,16 @@ def export_case(out_dir: Path, case_id: str, ending: str, geometry: Geometry, la
 
 
 class BackgroundExporter:
-    """Runs :func:`export_case` calls one at a time in a worker thread, so the next case can
-    start on the network while the previous one is compressed and written."""
+    """Runs export calls (e.g. a task's ``export``) one at a time in a worker thread, so the
+    next case can start on the network while the previous one is compressed and written."""
 
     def __init__(self) -> None:
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="volseg-export")
         self._pending: list[Future] = []
         self._lock = threading.Lock()
 
-    def submit(self, *args, **kwargs) -> Future:
-        fut = self._pool.submit(export_case, *args, **kwargs)
+    def submit(self, fn: Callable[..., list[Path]], *args, **kwargs) -> Future:
+        fut = self._pool.submit(fn, *args, **kwargs)
         with self._lock:
             self._pending.append(fut)
         return fut

@@ -1,19 +1,22 @@
-"""Prediction of whole cases: preprocess → sliding window → back to the input grid → post-process."""
+"""Prediction of whole cases: preprocess → sliding window → back to the input grid → post-process → export.
+
+The steps that differ between tasks (what the sliding window keeps, restoring, export) are
+the model's :class:`~volseg.tasks.base.Task`."""
 
 from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from volseg.inference.model import LoadedModel
-from volseg.inference.restore import resample_and_finalize, uncrop
 from volseg.io.nifti import Geometry
+from volseg.model import LoadedModel
 from volseg.preprocessing.case import preprocess_image
+from volseg.tasks import CasePrediction
 
 log = logging.getLogger(__name__)
 
@@ -32,42 +35,12 @@ class PredictOptions:
     postprocess: bool = True
 
 
-@dataclass
-class CasePrediction:
-    """One case on its input grid: labels (Z, Y, X) uint8; optional fp16 probabilities
-    (K, Z, Y, X) and entropy (Z, Y, X, nats); timings in seconds."""
-
-    labels: np.ndarray
-    probabilities: np.ndarray | None = None
-    entropy: np.ndarray | None = None
-    seconds: dict = field(default_factory=dict)
-
-
 def resolve_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("--device cuda was asked for, but no CUDA device is available")
     return torch.device(device)
-
-
-def _label_values(plans: dict) -> np.ndarray:
-    """Output channel → label value (softmax), or the label painted by each region (sigmoid)."""
-    out = plans["outputs"]
-    if out["mode"] == "softmax":
-        values = list(range(out["num_outputs"]))
-        return np.asarray(values, dtype=np.uint8)
-    return np.asarray([max(v) for v in out["regions"].values()], dtype=np.uint8)
-
-
-def _regions_to_labels(probs: torch.Tensor, plans: dict) -> torch.Tensor:
-    """Sigmoid mode: paint regions from the largest union to the smallest (nested regions)."""
-    regions = list(plans["outputs"]["regions"].values())
-    order = sorted(range(len(regions)), key=lambda r: -len(regions[r]))
-    labels = torch.zeros(probs.shape[1:], dtype=torch.uint8, device=probs.device)
-    for r in order:
-        labels[probs[r] > 0.5] = max(regions[r])
-    return labels
 
 
 def prepare(model: LoadedModel, images: np.ndarray, geometry: Geometry) -> tuple[np.ndarray, dict, float]:
@@ -90,62 +63,28 @@ def predict_images(model: LoadedModel, images: np.ndarray, geometry: Geometry, o
         prepared: The output of :func:`prepare` for these images, when already computed.
 
     Returns:
-        Labels (and optional maps) on the input grid, post-processed with the model's rules.
+        The task's prediction on the input grid (labels and optional maps for segmentation),
+        post-processed with the model's calibrated rules.
     """
-    from volseg.inference.sliding_window import predict_sliding_window
+    from volseg.inference.sliding_window import run_sliding_window
 
-    plans, cfg = model.plans, model.config
+    cfg, task = model.config, model.task
     inf = cfg["inference"]
     data, props, prep_seconds = prepared or prepare(model, images, geometry)
     t1 = time.perf_counter()
-    mode = plans["outputs"]["mode"]
-    same_grid = list(props["shape_after_resampling"]) == list(props["shape_after_crop"])
-    want_probs = options.save_probabilities or mode == "sigmoid"
-    budget = None if options.memory_budget_gb is None else int(options.memory_budget_gb * 1e9)
-    sw = predict_sliding_window(
-        model.networks, torch.from_numpy(data), cfg["patch_size"], plans["outputs"]["num_outputs"],
-        step_fraction=options.step_fraction or inf["step_fraction"], sigma_scale=inf["gaussian_sigma_scale"],
-        mirror_axes=inf["mirror_axes"] if options.tta else (), tile_batch=inf.get("tile_batch", 2), device=device,
-        backend=options.backend, mode=mode, return_probabilities=want_probs and same_grid,
-        return_uncertainty=options.save_uncertainty and same_grid, return_logits=not same_grid,
-        memory_budget_bytes=budget)
+    aggregator = task.aggregator(cfg, props, options, device)
+    result, network_seconds = run_sliding_window(
+        model.networks, torch.from_numpy(data), cfg["patch_size"], aggregator,
+        step_fraction=options.step_fraction or inf["step_fraction"],
+        mirror_axes=inf["mirror_axes"] if options.tta else (), tile_batch=inf.get("tile_batch", 2), device=device)
     t2 = time.perf_counter()
-    if same_grid:
-        labels, probs, entropy = sw.labels, sw.probabilities, sw.entropy
-    else:
-        fin = resample_and_finalize(sw.logits, props["shape_after_crop"], mode=mode, return_probabilities=want_probs,
-                                    return_uncertainty=options.save_uncertainty, backend=options.backend)
-        labels, probs, entropy = fin.labels, fin.probabilities, fin.entropy
-    if mode == "sigmoid":
-        labels = _regions_to_labels(probs.float(), plans)
-    result = _to_input_grid(labels, probs if options.save_probabilities else None, entropy, props, geometry, plans)
-    if options.postprocess and model.postprocessing:
-        from volseg.postprocessing import apply_rules
-
-        result.labels = apply_rules(result.labels, model.postprocessing["rules"], geometry.spacing)
+    prediction = task.restore(result, props, geometry, options)
+    if options.postprocess:
+        prediction = task.postprocess(prediction, model.calibration, geometry.spacing)
     t3 = time.perf_counter()
-    result.seconds = {"preprocess": prep_seconds, "network_and_stitching": t2 - t1, "restore": t3 - t2,
-                      "network": float(sw.timings.get("network", float("nan")))}
-    return result
-
-
-def _to_input_grid(labels, probs, entropy, props: dict, geometry: Geometry, plans: dict) -> CasePrediction:
-    box, full = props["crop_bbox"], geometry.shape
-    lab = labels.cpu().numpy().astype(np.uint8)
-    if plans["outputs"]["mode"] == "softmax":
-        lab = _label_values(plans)[lab]
-    out = CasePrediction(uncrop(lab, box, full, 0))
-    if probs is not None:
-        p = probs.cpu().numpy().astype(np.float16)
-        filled = np.zeros((p.shape[0], *full), np.float16)
-        if plans["outputs"]["mode"] == "softmax":
-            filled[0] = 1.0  # outside the cropped region: background for certain
-        sl = tuple(slice(a, b) for a, b in box)
-        filled[(slice(None), *sl)] = p
-        out.probabilities = filled
-    if entropy is not None:
-        out.entropy = uncrop(entropy.cpu().numpy().astype(np.float16), box, full, 0)
-    return out
+    prediction.seconds = {"preprocess": prep_seconds, "network_and_stitching": t2 - t1, "restore": t3 - t2,
+                          "network": float(network_seconds)}
+    return prediction
 
 
 def _read_and_prepare(model: LoadedModel, case) -> tuple:
@@ -181,7 +120,7 @@ def predict_folder(inputs: list, out_dir: str | Path, model: LoadedModel, option
     device = resolve_device(options.device)
     ending = model.plans["dataset"].get("file_ending", ".nii.gz")
     cases = find_input_cases(inputs, model.num_channels)
-    todo = [c for c in cases if not (resume and (out_dir / f"{c.case_id}{ending}").is_file())]
+    todo = [c for c in cases if not (resume and model.task.done_file(out_dir, c.case_id, ending).is_file())]
     summary = {"model": str(model.root), "configuration": model.config_name, "folds": model.folds,
                "device": str(device), "tta": options.tta, "cases": {}}
     for c in cases:
@@ -198,8 +137,7 @@ def predict_folder(inputs: list, out_dir: str | Path, model: LoadedModel, option
             try:
                 images, geometry, prepared = fut.result()
                 pred = predict_images(model, images, geometry, options, device, prepared)
-                exporter.submit(out_dir, case.case_id, ending, geometry, pred.labels, pred.probabilities,
-                                pred.entropy)
+                exporter.submit(model.task.export, out_dir, case.case_id, ending, geometry, pred)
                 summary["cases"][case.case_id] = {"status": "done", "seconds": {
                     **{k: round(v, 4) for k, v in pred.seconds.items()}, "total": round(time.perf_counter() - t0, 4)}}
             except VolsegError as e:

@@ -86,3 +86,51 @@ def uncrop(array: np.ndarray, box: list[list[int]], full_shape: tuple[int, ...] 
     sl = tuple(slice(a, b) for a, b in box)
     out[(Ellipsis, *sl)] = array
     return out
+
+
+def label_values(outputs: dict) -> np.ndarray:
+    """Output channel → label value (softmax), or the label painted by each region (sigmoid).
+
+    Args:
+        outputs: The plan's ``outputs`` section.
+    """
+    if outputs["mode"] == "softmax":
+        return np.asarray(list(range(outputs["num_outputs"])), dtype=np.uint8)
+    return np.asarray([max(v) for v in outputs["regions"].values()], dtype=np.uint8)
+
+
+def regions_to_labels(probs: torch.Tensor, regions: dict) -> torch.Tensor:
+    """Sigmoid mode: paint (R, Z, Y, X) region probabilities > 0.5 into a uint8 (Z, Y, X) label
+    map, from the largest union to the smallest (nested regions)."""
+    groups = list(regions.values())
+    order = sorted(range(len(groups)), key=lambda r: -len(groups[r]))
+    labels = torch.zeros(probs.shape[1:], dtype=torch.uint8, device=probs.device)
+    for r in order:
+        labels[probs[r] > 0.5] = max(groups[r])
+    return labels
+
+
+def dense_to_input_grid(labels: torch.Tensor, probs: torch.Tensor | None, entropy: torch.Tensor | None,
+                        props: dict, full_shape: tuple[int, int, int], outputs: dict):
+    """Un-crop (Z', Y', X') labels and optional (K, Z', Y', X') fp16 probabilities and entropy of
+    the cropped region (``props["crop_bbox"]``) onto the input grid of spatial shape ``full_shape``.
+
+    Returns:
+        ``(labels uint8, probabilities fp16 | None, entropy fp16 | None)`` as NumPy arrays; outside
+        the crop, labels and entropy are 0 and softmax probabilities are background for certain.
+    """
+    box = props["crop_bbox"]
+    lab = labels.cpu().numpy().astype(np.uint8)
+    if outputs["mode"] == "softmax":
+        lab = label_values(outputs)[lab]
+    lab = uncrop(lab, box, full_shape, 0)
+    filled = None
+    if probs is not None:
+        p = probs.cpu().numpy().astype(np.float16)
+        filled = np.zeros((p.shape[0], *full_shape), np.float16)
+        if outputs["mode"] == "softmax":
+            filled[0] = 1.0  # outside the cropped region: background for certain
+        sl = tuple(slice(a, b) for a, b in box)
+        filled[(slice(None), *sl)] = p
+    ent = None if entropy is None else uncrop(entropy.cpu().numpy().astype(np.float16), box, full_shape, 0)
+    return lab, filled, ent

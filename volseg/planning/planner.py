@@ -45,6 +45,14 @@ def determine_outputs(labels: dict) -> dict:
     return {"mode": "softmax", "num_outputs": int(max(values)) + 1, "class_values": values}
 
 
+def determine_task(dataset_task: str) -> str:
+    """The registered task that trains a dataset of kind ``dataset_task`` (``dataset.json``'s
+    ``task``): its own when registered, else dense segmentation of its label maps."""
+    from volseg.tasks import list_tasks
+
+    return dataset_task if dataset_task in list_tasks() else "segmentation"
+
+
 def plan_experiment(fingerprint: dict, memory_gb: float = 8.0, device: str = "cuda",
                     cpu_gflop: float = 100.0, cpu_memory_gb: float = 8.0) -> dict:
     """Derive plans.json from a fingerprint.
@@ -77,12 +85,17 @@ def plan_experiment(fingerprint: dict, memory_gb: float = 8.0, device: str = "cu
     if coverage < LOWRES_MIN_COVERAGE:
         configs["3d_lowres"] = _lowres_configuration(fingerprint, spacing, fits_cuda, memory_gb, n_in, n_out, n_cases)
     configs["3d_cpu"] = _cpu_configuration(fingerprint, spacing, cpu_gflop, cpu_memory_gb, n_in, n_out)
+    from volseg.tasks import task_class
+
+    task = determine_task(ds["task"])
+    configs = {name: task_class(task).configure(fingerprint, cfg) for name, cfg in configs.items()}
     return {
         "format": PLANS_FORMAT,
         "version": PLANS_VERSION,
         "volseg_version": __version__,
         "dataset": {k: ds[k] for k in ("name", "task", "channel_names", "labels", "timepoints",
                                        "instance_labels", "file_ending")},
+        "task": task,
         "outputs": outputs,
         "anisotropic": aniso,
         "crop_to_nonzero": True,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import sys
 from functools import lru_cache
@@ -31,9 +32,16 @@ def validate_plans(plans: dict, path: str | os.PathLike | None = None) -> dict:
     """Check ``plans`` against the schema and its internal consistency.
 
     Raises:
-        PlanError: One line naming ``path``, the field and what is wrong.
+        PlanError: One line naming ``path``, the field and what is wrong, e.g. a NaN or
+            Infinity anywhere in the plan (Python's ``json`` reads both, the schema lets
+            them through, and no plan field may hold one).
     """
     import jsonschema
+
+    bad = first_non_finite(plans)
+    if bad is not None:
+        where, value = bad
+        raise PlanError(path, f"invalid plan at {where or '(top level)'}: {value} is not a finite number")
 
     validator = jsonschema.Draft202012Validator(plans_schema())
     errors = sorted(validator.iter_errors(plans), key=lambda e: list(e.absolute_path))
@@ -41,6 +49,10 @@ def validate_plans(plans: dict, path: str | os.PathLike | None = None) -> dict:
         e = errors[0]
         where = "/".join(str(p) for p in e.absolute_path) or "(top level)"
         raise PlanError(path, f"invalid plan at {where}: {e.message}")
+    from volseg.tasks import list_tasks
+
+    if plans.get("task", "segmentation") not in list_tasks():
+        raise PlanError(path, f"task {plans['task']!r} is not a registered task; registered: {', '.join(list_tasks())}")
     if plans["default_configuration"] not in plans["configurations"]:
         raise PlanError(path, f'default_configuration {plans["default_configuration"]!r} is not one of '
                         f'{sorted(plans["configurations"])}')
@@ -61,6 +73,23 @@ def validate_plans(plans: dict, path: str | os.PathLike | None = None) -> dict:
             raise PlanError(path, f"configurations/{name}/patch_size {cfg['patch_size']} is not a multiple of the "
                             f"network's total stride {step}")
     return plans
+
+
+def first_non_finite(obj, where: str = "") -> tuple[str, float] | None:
+    """The JSON path (``a/b/0``) and value of the first NaN or ±Infinity in ``obj``, in file order.
+
+    Example:
+        >>> first_non_finite({"training": {"lr": float("nan")}})
+        ('training/lr', nan)
+    """
+    if isinstance(obj, float):
+        return None if math.isfinite(obj) else (where, obj)
+    items = obj.items() if isinstance(obj, dict) else enumerate(obj) if isinstance(obj, list) else ()
+    for key, value in items:
+        found = first_non_finite(value, f"{where}/{key}" if where else str(key))
+        if found is not None:
+            return found
+    return None
 
 
 def load_plans(path: str | os.PathLike) -> dict:

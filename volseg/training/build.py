@@ -1,4 +1,4 @@
-"""Plan → training parts: network, optimizer, loss and data loaders (one function each)."""
+"""Plan → training parts: task, network, optimizer, loss and data loaders (one function each)."""
 
 from __future__ import annotations
 
@@ -6,16 +6,14 @@ from pathlib import Path
 
 import torch
 
+from volseg.tasks import Task, make_task
 from volseg.training.distributed import DistContext
 from volseg.training.trainer import TrainParts
 
 
-def build_network(plans: dict, config: dict, ctx: DistContext) -> torch.nn.Module:
-    """The configuration's network on ``ctx.device``, DDP-wrapped when distributed."""
-    from volseg.networks import from_plans
-
-    net = from_plans(config["network"], len(plans["dataset"]["channel_names"]), plans["outputs"]["num_outputs"])
-    net = net.to(ctx.device)
+def build_network(task: Task, config: dict, ctx: DistContext) -> torch.nn.Module:
+    """The task's network of ``config`` on ``ctx.device``, DDP-wrapped when distributed."""
+    net = task.build_network(config).to(ctx.device)
     if ctx.distributed:
         ids = [ctx.local_rank] if ctx.device.type == "cuda" else None
         net = torch.nn.parallel.DistributedDataParallel(net, device_ids=ids)
@@ -33,29 +31,15 @@ def build_optimizer(config: dict, network: torch.nn.Module) -> torch.optim.Optim
     raise ValueError(f"unknown optimizer {opt['name']!r}; expected sgd or adamw")
 
 
-def ds_scales(config: dict) -> list[list[float]] | None:
-    """Per-output downsampling factors of the deep-supervision targets (None without deep supervision)."""
-    from volseg.networks import deep_supervision_scales
-
-    if not config["network"].get("deep_supervision", True):
-        return None
-    return [list(s) for s in deep_supervision_scales(config["network"]["strides"])]
-
-
 def build_parts(plans: dict, config: dict, preprocessed: Path, train_ids: list[str], val_ids: list[str],
                 ctx: DistContext, num_workers: int, seed: int) -> TrainParts:
-    """Every part of the training loop for one fold."""
+    """Every part of the training loop for one fold, the task-specific ones from the plan's task."""
     from volseg.data import load_cases, make_loader
-    from volseg.training.losses import build_loss
 
-    network = build_network(plans, config, ctx)
+    task = make_task(plans)
+    network = build_network(task, config, ctx)
     optimizer = build_optimizer(config, network)
-    mode = plans["outputs"]["mode"]
-    scales = ds_scales(config)
-    loss = build_loss(config["training"]["loss"], mode=mode, deep_supervision=scales is not None,
-                      regions=plans["outputs"].get("regions"))
-    common = dict(patch_size=config["patch_size"], batch_size=config["batch_size"],
-                  deep_supervision_scales=scales,
+    common = dict(patch_size=config["patch_size"], batch_size=config["batch_size"], targets=task.targets(config),
                   foreground_oversampling=config["training"].get("foreground_oversampling", 0.33),
                   rank=ctx.rank, world_size=ctx.world_size, pin_memory=ctx.device.type == "cuda")
     train_loader = make_loader(load_cases(preprocessed, train_ids), augmentation=config["augmentation"],
@@ -73,7 +57,7 @@ def build_parts(plans: dict, config: dict, preprocessed: Path, train_ids: list[s
     def waited() -> float:
         return train_loader.wait_time
 
-    return TrainParts(network=network, optimizer=optimizer, loss=loss, train_batches=iter(train_loader),
+    return TrainParts(task=task, network=network, optimizer=optimizer, loss=task.loss(config),
+                      train_batches=iter(train_loader),
                       val_batches=iter(val_loader) if val_loader is not None else None,
-                      wait_time=waited, mode=mode,
-                      regions=plans["outputs"].get("regions"), close=close)
+                      wait_time=waited, close=close)

@@ -40,7 +40,7 @@ class EpochLog:
 
 
 def plot_progress(records: list[dict], path: str | os.PathLike) -> None:
-    """Loss, pseudo-Dice, learning rate, epoch time and data-wait share per epoch, as a PNG."""
+    """Loss, validation score (the task's, e.g. pseudo-Dice), learning rate, epoch time and data-wait share per epoch, as a PNG."""
     if not records:
         return
     import matplotlib
@@ -56,10 +56,10 @@ def plot_progress(records: list[dict], path: str | os.PathLike) -> None:
         ax.plot(ep, [r.get("val_loss", float("nan")) for r in records], label="validation loss")
     ax.set_ylabel("loss")
     ax2 = ax.twinx()
-    if any("pseudo_dice_mean" in r for r in records):
-        ax2.plot(ep, [r.get("pseudo_dice_mean", float("nan")) for r in records], "g:", label="pseudo-Dice")
-        ax2.plot(ep, [r.get("pseudo_dice_ema", float("nan")) for r in records], "g-", label="pseudo-Dice (EMA)")
-    ax2.set_ylabel("pseudo-Dice")
+    if any("score" in r for r in records):
+        ax2.plot(ep, [_num(r.get("score")) for r in records], "g:", label="validation score")
+        ax2.plot(ep, [_num(r.get("score_ema")) for r in records], "g-", label="validation score (EMA)")
+    ax2.set_ylabel("validation score")
     ax.legend(loc="upper left")
     ax2.legend(loc="upper right")
     axes[1].plot(ep, [r["epoch_seconds"] for r in records], label="epoch time (s)")
@@ -76,3 +76,7 @@ def plot_progress(records: list[dict], path: str | os.PathLike) -> None:
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=80)
     plt.close(fig)
+
+
+def _num(value) -> float:
+    return float("nan") if value is None else float(value)

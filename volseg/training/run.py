@@ -1,10 +1,15 @@
-"""``volseg train`` as a library call: a plan folder and a fold in, a model folder out."""
+"""Training one fold as a library call: a plan folder and a fold in, a model folder out.
+
+The held-out validation that follows training (predict, score, calibrate) is the
+cross-validation workflow's (:mod:`volseg.workflow`), which ``volseg train`` runs.
+"""
 
 from __future__ import annotations
 
 import logging
 import os
 import random
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -12,8 +17,8 @@ import torch
 
 from volseg.errors import ModelError, PlanError
 from volseg.planning.plans import configuration, load_plans, preprocessing_hash
+from volseg.model import fold_dir, load_checkpoint, model_hash, prepare_model_folder
 from volseg.training.distributed import init_distributed, shutdown
-from volseg.training.model_folder import fold_dir, model_hash, prepare_model_folder
 from volseg.training.splits import fold_cases, load_or_create_splits
 from volseg.training.trainer import Schedule, TrainState, resume, run_training
 
@@ -51,12 +56,25 @@ def preprocessed_cases(plan_dir: Path, plans: dict, config_name: str) -> list[st
     return [p.stem for p in props]
 
 
+@dataclass(frozen=True)
+class TrainedFold:
+    """What :func:`train` produced: the model folder, the fold's folder inside it, its held-out
+    case ids, whether this process is the main rank, and the device type trained on."""
+
+    model_dir: Path
+    fold_dir: Path
+    fold: str
+    val_ids: list[str]
+    is_main: bool
+    device: str
+
+
 def train(plan_dir: str | os.PathLike, model_dir: str | os.PathLike | None = None, fold: int | str = 0,
           config_name: str | None = None, epochs: int | None = None, iterations: int | None = None,
           resume_training: bool = False, device: str = "auto", num_workers: int | None = None,
           seed: int = 0, deterministic: bool | None = None, progress: bool = True,
-          validate: bool = True, time_limit_minutes: float | None = None) -> Path:
-    """Train one fold of a configuration.
+          time_limit_minutes: float | None = None) -> TrainedFold:
+    """Train one fold of a configuration (no held-out validation: see :func:`volseg.workflow.train_fold`).
 
     Args:
         plan_dir: Folder written by ``volseg plan`` (plans.json, preprocessed/).
@@ -69,17 +87,15 @@ def train(plan_dir: str | os.PathLike, model_dir: str | os.PathLike | None = Non
         num_workers: Background augmentation processes (default: the plan's).
         seed: Seed of weights, sampling and augmentation.
         deterministic: Deterministic algorithms (default: on the CPU).
-        validate: After training, predict the held-out cases with the sliding window, score
-            them (``fold_K/validation/``) and choose the post-processing rules.
         time_limit_minutes: Budget of the training loop: after the first epoch, the number
             of epochs is lowered to what fits (never raised above ``epochs``). The final
             validation is not counted.
 
     Returns:
-        The fold's folder inside the model folder.
+        A :class:`TrainedFold`.
 
     Example:
-        >>> train("runs/ms_demo", fold=0, epochs=5)
+        >>> train("runs/ms_demo", fold=0, epochs=5).fold_dir  # doctest: +SKIP
     """
     from volseg.training.build import build_parts
 
@@ -101,7 +117,11 @@ def train(plan_dir: str | os.PathLike, model_dir: str | os.PathLike | None = Non
     out = fold_dir(model_dir, fold)
     out.mkdir(parents=True, exist_ok=True)
     tcfg = config["training"]
-    sched = Schedule(epochs=epochs or tcfg["epochs"], iterations_per_epoch=iterations or tcfg["iterations_per_epoch"],
+    for name, value in (("epochs", epochs), ("iterations", iterations)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    sched = Schedule(epochs=epochs if epochs is not None else tcfg["epochs"],
+                     iterations_per_epoch=iterations if iterations is not None else tcfg["iterations_per_epoch"],
                      val_iterations=tcfg.get("val_iterations", 0) if val_ids else 0,
                      base_lr=tcfg["optimizer"]["lr"], lr_schedule=tcfg["lr_schedule"], grad_clip=tcfg.get("grad_clip"),
                      amp=ctx.device.type == "cuda",
@@ -116,8 +136,6 @@ def train(plan_dir: str | os.PathLike, model_dir: str | os.PathLike | None = Non
         raise ModelError(latest, "fold already has a checkpoint; pass --resume to continue it, or use another -o")
     start_epoch = 0
     if resume_training and latest.is_file():
-        from volseg.training.checkpoint import load_checkpoint
-
         start_epoch = int(load_checkpoint(latest, plan_hash)["epoch"])
     parts = build_parts(plans, config, plan_dir / "preprocessed" / config_name, train_ids, val_ids, ctx,
                         num_workers=workers, seed=seed + 1000 * start_epoch)
@@ -131,10 +149,4 @@ def train(plan_dir: str | os.PathLike, model_dir: str | os.PathLike | None = Non
     finally:
         parts.close()
         shutdown(ctx)
-    if validate and val_ids and ctx.is_main:
-        from volseg.training.validation import choose_postprocessing, validate_fold
-
-        validate_fold(model_dir, fold, val_ids, device="cuda" if ctx.device.type == "cuda" else "cpu",
-                      progress=progress)
-        choose_postprocessing(model_dir)
-    return out
+    return TrainedFold(model_dir, out, fold, list(val_ids), ctx.is_main, ctx.device.type)

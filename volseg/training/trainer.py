@@ -1,8 +1,9 @@
-"""The training loop: a short function over parts built from the plan.
+"""The training loop: a short function over parts built from the plan, the same for every task.
 
-Parts (see :mod:`volseg.training.build`): network, optimizer, loss, training and
-validation loaders, and a checkpointer/logger (:mod:`volseg.training.checkpoint`,
-:mod:`volseg.training.progress`). Only rank 0 writes files.
+Parts (see :mod:`volseg.training.build`): the task (:mod:`volseg.tasks`), network,
+optimizer, loss (named terms, summed here), training and validation loaders, and a
+checkpointer/logger (:mod:`volseg.model.checkpoint`, :mod:`volseg.training.progress`). The
+task's validation score drives the EMA and the best checkpoint. Only rank 0 writes files.
 """
 
 from __future__ import annotations
@@ -16,9 +17,9 @@ from typing import Any, Callable, Iterator
 
 import torch
 
-from volseg.training.checkpoint import load_checkpoint, save_checkpoint
+from volseg.model.checkpoint import load_checkpoint, save_checkpoint
+from volseg.tasks import Task
 from volseg.training.distributed import DistContext, all_reduce_sum
-from volseg.training.metrics import confusion_counts, dice_from_counts
 from volseg.training.progress import EpochLog, plot_progress
 from volseg.training.schedule import learning_rate
 
@@ -30,14 +31,13 @@ EMA_MOMENTUM = 0.9
 class TrainParts:
     """Everything the loop needs; built by :func:`volseg.training.build.build_parts`."""
 
+    task: Task
     network: torch.nn.Module          # possibly DDP-wrapped
     optimizer: torch.optim.Optimizer
-    loss: Callable[[Any, Any], torch.Tensor]
+    loss: Callable[[Any, Any], dict[str, torch.Tensor]]  # named terms
     train_batches: Iterator[dict]
     val_batches: Iterator[dict] | None
     wait_time: Callable[[], float]    # seconds spent waiting for batches so far
-    mode: str                         # "softmax" or "sigmoid"
-    regions: dict | None = None       # sigmoid mode: region name → label values
     close: Callable[[], None] = lambda: None
 
 
@@ -66,8 +66,8 @@ def epochs_within(time_limit: float, epoch_seconds: float, max_epochs: int) -> i
 @dataclass
 class TrainState:
     epoch: int = 0
-    ema_dice: float | None = None
-    best_ema: float = -1.0
+    score_ema: float | None = None
+    best_score: float = -1.0
     history: list = field(default_factory=list)
 
 
@@ -82,12 +82,21 @@ def _to(batch: dict, device: torch.device) -> tuple[torch.Tensor, Any]:
     return data, tgt
 
 
+def total_loss(terms: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Sum of the named loss terms (a single term is returned as it is)."""
+    values = list(terms.values())
+    total = values[0]
+    for v in values[1:]:
+        total = total + v
+    return total
+
+
 def train_epoch(parts: TrainParts, sched: Schedule, state: TrainState, ctx: DistContext,
-                scaler: torch.amp.GradScaler | None, bar=None) -> tuple[float, float]:
-    """One epoch of optimization. Returns (mean loss, seconds waited for data)."""
+                scaler: torch.amp.GradScaler | None, bar=None) -> tuple[float, float, dict[str, float]]:
+    """One epoch of optimization. Returns (mean loss, seconds waited for data, mean of each loss term)."""
     parts.network.train()
     total_steps = sched.epochs * sched.iterations_per_epoch
-    wait0, losses = parts.wait_time(), []
+    wait0, losses, term_sums = parts.wait_time(), [], {}
     device_type = ctx.device.type
     for it in range(sched.iterations_per_epoch):
         lr = learning_rate(sched.lr_schedule, sched.base_lr, state.epoch * sched.iterations_per_epoch + it, total_steps)
@@ -96,7 +105,8 @@ def train_epoch(parts: TrainParts, sched: Schedule, state: TrainState, ctx: Dist
         data, target = _to(next(parts.train_batches), ctx.device)
         parts.optimizer.zero_grad(set_to_none=True)
         with torch.autocast(device_type, enabled=sched.amp and device_type == "cuda"):
-            loss = parts.loss(parts.network(data), target)
+            terms = parts.loss(parts.network(data), target)
+            loss = total_loss(terms)
         if scaler is not None:
             scaler.scale(loss).backward()
             scaler.unscale_(parts.optimizer)
@@ -110,43 +120,42 @@ def train_epoch(parts: TrainParts, sched: Schedule, state: TrainState, ctx: Dist
         else:
             parts.optimizer.step()
         losses.append(float(loss.detach()))
+        for name, value in terms.items():
+            term_sums[name] = term_sums.get(name, 0.0) + float(value.detach())
         if bar is not None:
             bar.set_postfix(loss=f"{losses[-1]:.4f}", lr=f"{lr:.2e}")
             bar.update()
-    return float(sum(losses) / max(len(losses), 1)), parts.wait_time() - wait0
+    n = max(len(losses), 1)
+    return float(sum(losses) / n), parts.wait_time() - wait0, {k: v / n for k, v in term_sums.items()}
 
 
 @torch.no_grad()
-def validate(parts: TrainParts, sched: Schedule, ctx: DistContext) -> tuple[float, list[float]]:
-    """Loss and pseudo-Dice per class on ``val_iterations`` validation patches (summed over ranks)."""
+def validate(parts: TrainParts, sched: Schedule, ctx: DistContext) -> tuple[float, float, dict]:
+    """Loss, task score and the score's extra log fields on ``val_iterations`` validation
+    patches (statistics summed over ranks); (NaN, NaN, {}) without validation."""
     if parts.val_batches is None or sched.val_iterations == 0:
-        return float("nan"), []
+        return float("nan"), float("nan"), {}
     parts.network.eval()
-    loss_sum, counts = torch.zeros(2, dtype=torch.float64), None
+    loss_sum, stats = torch.zeros(2, dtype=torch.float64), None
     for _ in range(sched.val_iterations):
         data, target = _to(next(parts.val_batches), ctx.device)
         with torch.autocast(ctx.device.type, enabled=sched.amp and ctx.device.type == "cuda"):
             out = parts.network(data)
-            loss = parts.loss(out, target)
-        full = out[0] if isinstance(out, (list, tuple)) else out
-        tgt = target[0] if isinstance(target, (list, tuple)) else target
-        if parts.mode == "sigmoid":
-            from volseg.training.losses import labels_to_regions
-
-            tgt = labels_to_regions(tgt, parts.regions)
-        c = confusion_counts(full.float(), tgt, parts.mode).cpu()
-        counts = c if counts is None else counts + c
+            loss = total_loss(parts.loss(out, target))
+        s = parts.task.batch_stats(out, target)
+        stats = s if stats is None else stats + s
         loss_sum += torch.tensor([float(loss), 1.0], dtype=torch.float64)
     if ctx.distributed:  # NCCL reduces CUDA tensors only; gloo takes CPU tensors
-        counts = all_reduce_sum(counts.to(ctx.device), ctx).cpu()
+        stats = all_reduce_sum(stats.to(ctx.device), ctx).cpu()
         loss_sum = all_reduce_sum(loss_sum.to(ctx.device), ctx).cpu()
-    return float(loss_sum[0] / loss_sum[1]), dice_from_counts(counts)
+    score, extra = parts.task.score(stats)
+    return float(loss_sum[0] / loss_sum[1]), score, extra
 
 
 def checkpoint_state(parts: TrainParts, state: TrainState, plan_hash: str, config_name: str, fold: str,
                      sched_epochs: int) -> dict:
     return {"network": _raw(parts.network).state_dict(), "optimizer": parts.optimizer.state_dict(),
-            "epoch": state.epoch, "ema_dice": state.ema_dice, "best_ema": state.best_ema,
+            "epoch": state.epoch, "score_ema": state.score_ema, "best_score": state.best_score,
             "plan_hash": plan_hash, "configuration": config_name, "fold": fold,
             "torch_rng": torch.get_rng_state(), "epochs": sched_epochs}
 
@@ -161,7 +170,9 @@ def resume(parts: TrainParts, path: Path, plan_hash: str, state: TrainState, sch
         sched.epochs = int(ck["epochs"])
     _raw(parts.network).load_state_dict(ck["network"])
     parts.optimizer.load_state_dict(ck["optimizer"])
-    state.epoch, state.ema_dice, state.best_ema = int(ck["epoch"]), ck["ema_dice"], float(ck["best_ema"])
+    state.epoch = int(ck["epoch"])
+    state.score_ema = ck.get("score_ema", ck.get("ema_dice"))  # older checkpoints: ema_dice / best_ema
+    state.best_score = float(ck.get("best_score", ck.get("best_ema", -1.0)))
     torch.set_rng_state(ck["torch_rng"])
 
 
@@ -187,7 +198,8 @@ def run_training(parts: TrainParts, sched: Schedule, ctx: DistContext, out_dir: 
     """Train from ``state.epoch`` to ``sched.epochs``, writing checkpoints and logs to ``out_dir`` (rank 0).
 
     After every epoch: ``checkpoint_latest.pt`` (atomic), a ``log.jsonl`` record and
-    ``progress.png``; ``checkpoint_best.pt`` when the smoothed pseudo-Dice improves;
+    ``progress.png``; ``checkpoint_best.pt`` when the smoothed task score (pseudo-Dice for
+    segmentation) improves;
     ``checkpoint_final.pt`` at the end.
 
     With ``sched.time_limit``, the first epoch is timed (mean over ranks) and ``sched.epochs``
@@ -206,25 +218,23 @@ def run_training(parts: TrainParts, sched: Schedule, ctx: DistContext, out_dir: 
     try:
         while state.epoch < sched.epochs:
             t0 = time.perf_counter()
-            train_loss, waited = train_epoch(parts, sched, state, ctx, scaler, bar)
+            train_loss, waited, terms = train_epoch(parts, sched, state, ctx, scaler, bar)
             train_seconds = time.perf_counter() - t0
-            val_loss, dice = validate(parts, sched, ctx)
-            finite = [d for d in dice if not math.isnan(d)]
-            mean_dice = float(sum(finite) / len(finite)) if finite else float("nan")
-            if not math.isnan(mean_dice):
-                state.ema_dice = mean_dice if state.ema_dice is None else (
-                    EMA_MOMENTUM * state.ema_dice + (1 - EMA_MOMENTUM) * mean_dice)
+            val_loss, score, extra = validate(parts, sched, ctx)
+            if not math.isnan(score):
+                state.score_ema = score if state.score_ema is None else (
+                    EMA_MOMENTUM * state.score_ema + (1 - EMA_MOMENTUM) * score)
             seconds = time.perf_counter() - t0
-            record = {"epoch": state.epoch, "train_loss": train_loss, "val_loss": val_loss,
-                      "pseudo_dice": dice, "pseudo_dice_mean": mean_dice, "pseudo_dice_ema": state.ema_dice,
+            record = {"epoch": state.epoch, "train_loss": train_loss, "loss_terms": terms, "val_loss": val_loss,
+                      "score": score, "score_ema": state.score_ema, **extra,
                       "lr": parts.optimizer.param_groups[0]["lr"], "epoch_seconds": seconds, "train_seconds": train_seconds,
                       "data_wait_seconds": waited, "data_wait_share": waited / max(train_seconds, 1e-9)}
             state.epoch += 1
             if sched.time_limit is not None and state.epoch == 1:
                 fit_epochs(sched, seconds, ctx, bar)
-            improved = state.ema_dice is not None and state.ema_dice > state.best_ema
+            improved = state.score_ema is not None and state.score_ema > state.best_score
             if improved:
-                state.best_ema = state.ema_dice
+                state.best_score = state.score_ema
             if ctx.is_main:
                 ck = checkpoint_state(parts, state, plan_hash, config_name, fold, sched.epochs)
                 save_checkpoint(out_dir / "checkpoint_latest.pt", ck)
@@ -234,7 +244,7 @@ def run_training(parts: TrainParts, sched: Schedule, ctx: DistContext, out_dir: 
                 plot_progress(epoch_log.records(), out_dir / "progress.png")
                 log.debug("epoch %d: %s", record["epoch"], record)
                 bar.write(f"epoch {record['epoch']:>4}  loss {train_loss:.4f}  val {val_loss:.4f}  "
-                          f"pseudo-Dice {mean_dice:.3f}  {seconds:.1f}s  data wait {100 * record['data_wait_share']:.1f}%")
+                          f"{parts.task.score_name} {score:.3f}  {seconds:.1f}s  data wait {100 * record['data_wait_share']:.1f}%")
             state.history.append(record)
         if ctx.is_main:
             save_checkpoint(out_dir / "checkpoint_final.pt",

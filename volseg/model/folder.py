@@ -8,12 +8,16 @@ Layout::
       dataset.json        copy of the dataset's description
       fingerprint.json    copy of the fingerprint
       splits.json         the cross-validation folds
+      <calibrator>.json   parameters fitted on held-out predictions (e.g. postprocessing.json)
       fold_K/
         checkpoint_latest.pt   written after every epoch (resume)
-        checkpoint_best.pt     best smoothed validation pseudo-Dice
+        checkpoint_best.pt     best smoothed validation score of the task (pseudo-Dice for segmentation)
         checkpoint_final.pt    after the last epoch
         log.jsonl              one record per epoch
         progress.png           curves of log.jsonl
+        validation/            held-out cases predicted after training, with reference/ and evaluation/
+
+Training writes it, inference reads it; neither imports the other.
 """
 
 from __future__ import annotations
@@ -52,7 +56,8 @@ def prepare_model_folder(model_dir: str | os.PathLike, plan_dir: str | os.PathLi
         The ``model.json`` record.
     """
     model_dir, plan_dir = Path(model_dir), Path(plan_dir)
-    record = {"format": "volseg-model", "version": 1, "configuration": config_name,
+    record = {"format": "volseg-model", "version": 1, "task": plans.get("task", "segmentation"),
+              "configuration": config_name,
               "plan_hash": model_hash(plans, config_name),
               "in_channels": len(plans["dataset"]["channel_names"]), "outputs": plans["outputs"]}
     meta = model_dir / "model.json"
@@ -87,3 +92,12 @@ def load_model_record(model_dir: str | os.PathLike) -> dict:
 def _copy(src: Path, dst: Path) -> None:
     with atomic_path(dst) as tmp:
         shutil.copyfile(src, tmp)
+
+
+def dataset_root(model_dir: str | os.PathLike) -> Path | None:
+    """The dataset folder the model was planned on (from the copied fingerprint), if it still exists."""
+    fp = Path(model_dir) / "fingerprint.json"
+    if not fp.is_file():
+        return None
+    root = Path(json.loads(fp.read_text())["dataset"]["root"])
+    return root if (root / "imagesTr").is_dir() else None

@@ -1,17 +1,18 @@
-"""Loading a trained model folder for prediction: plan, configuration and fold networks."""
+"""Loading a trained model folder for prediction: plan, task, configuration, fold networks, calibration."""
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from volseg.errors import ModelError
 from volseg.planning.plans import load_plans
-from volseg.training.checkpoint import load_checkpoint
-from volseg.training.model_folder import fold_dir, load_model_record, model_hash
+from volseg.model.checkpoint import load_checkpoint
+from volseg.model.folder import fold_dir, load_model_record, model_hash
+from volseg.tasks import Task, make_task
 
 
 @dataclass
@@ -24,7 +25,8 @@ class LoadedModel:
     config: dict
     networks: list[torch.nn.Module]
     folds: list[str]
-    postprocessing: dict | None = None  # {"rules": [...]} from postprocessing.json
+    task: Task
+    calibration: dict = field(default_factory=dict)  # calibrator name → parameters (MODEL/<name>.json)
 
     @property
     def num_channels(self) -> int:
@@ -50,7 +52,7 @@ def load_model(model_dir: str | os.PathLike, folds: list[str] | None = None, che
     Raises:
         ModelError: Not a model folder, no trained fold, or a checkpoint from another plan.
     """
-    from volseg.networks import from_plans
+    from volseg.io.dataset import load_dataset_json
 
     root = Path(model_dir)
     record = load_model_record(root)
@@ -63,17 +65,18 @@ def load_model(model_dir: str | os.PathLike, folds: list[str] | None = None, che
     folds = [str(f) for f in folds] if folds else available_folds(root, checkpoint)
     if not folds:
         raise ModelError(root, f"no fold has checkpoint_{checkpoint}.pt; train a fold first (volseg train)")
+    try:
+        task = make_task(plans)
+    except ValueError as e:
+        raise ModelError(root / "plans.json", str(e)) from None
     networks = []
     for fold in folds:
         state = load_checkpoint(fold_dir(root, fold) / f"checkpoint_{checkpoint}.pt", plan_hash=expected)
-        net = from_plans(config["network"], len(plans["dataset"]["channel_names"]), plans["outputs"]["num_outputs"])
+        net = task.build_network(config)
         net.load_state_dict(state["network"])
         if hasattr(net, "deep_supervision"):
             net.deep_supervision = False
         networks.append(net.to(device).eval())
-    post = None
-    if (root / "postprocessing.json").is_file():
-        from volseg.io.dataset import load_dataset_json
-
-        post = load_dataset_json(root / "postprocessing.json")
-    return LoadedModel(root, plans, name, config, networks, folds, post)
+    calibration = {c.name: load_dataset_json(root / f"{c.name}.json") for c in task.calibrators()
+                   if (root / f"{c.name}.json").is_file()}
+    return LoadedModel(root, plans, name, config, networks, folds, task, calibration)

@@ -1,0 +1,169 @@
+"""Dense tile aggregation: Gaussian-weighted logits, normalized and finalized.
+
+The ensemble members of a batch of tiles (networks × mirrorings) are flipped back and
+averaged as logits, then weighted by a separable Gaussian and accumulated
+(:mod:`volseg.kernels.accumulate`); at the end they are normalized and finalized in one pass
+(:mod:`volseg.kernels.finalize`).
+
+Memory: in full mode the accumulator is K × Z × Y × X fp32. In slab mode the tiles come
+row by row in z order, and the accumulator holds one patch depth of slices: whenever the
+next row starts further in z, the slices before it can receive nothing more and are
+finalized and released.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import torch
+
+from volseg.kernels.accumulate import accumulate_torch, accumulate_triton
+from volseg.kernels.finalize import Finalized, finalize, normalize_torch
+from volseg.kernels.gaussian import gaussian_1d, normalizer_1d, patch_weight
+from volseg.tasks.base import TileGrid
+
+
+@dataclass
+class SlidingWindowResult:
+    """Outputs on the (unpadded) input grid, on the CPU.
+
+    Attributes:
+        labels: uint8 (Z, Y, X) argmax (softmax mode), else ``None``.
+        probabilities: fp16 (K, Z, Y, X) or ``None``.
+        max_prob: fp16 (Z, Y, X) or ``None``.
+        entropy: fp16 (Z, Y, X) in nats, or ``None``.
+        logits: averaged logits (K, Z, Y, X) (fp32 in full mode, fp16 in slab mode) when asked for.
+        timings: seconds: ``network`` (forward passes only) and ``total``.
+    """
+
+    labels: torch.Tensor | None
+    probabilities: torch.Tensor | None = None
+    max_prob: torch.Tensor | None = None
+    entropy: torch.Tensor | None = None
+    logits: torch.Tensor | None = None
+    timings: dict = field(default_factory=dict)
+
+
+class DenseAggregator:
+    """Averaged, Gaussian-weighted logits of K channels over the whole image.
+
+    Args:
+        num_classes: K, output channels of the networks.
+        sigma_scale: Gaussian σ as a fraction of the patch.
+        use_triton: Accumulate and finalize with the Triton kernels (else torch).
+        mode: "softmax" or "sigmoid".
+        return_probabilities, return_uncertainty: Also keep fp16 probability / max-probability
+            and entropy maps.
+        return_logits: Keep the averaged logits instead of finalizing (no labels).
+        slab: Slab mode (bounded memory, tiles row by row in z) instead of one full accumulator.
+    """
+
+    def __init__(self, num_classes: int, sigma_scale: float = 0.125, use_triton: bool = False,
+                 mode: str = "softmax", return_probabilities: bool = False, return_uncertainty: bool = False,
+                 return_logits: bool = False, slab: bool = False) -> None:
+        self.k, self.sigma_scale, self.triton, self.mode = num_classes, sigma_scale, use_triton, mode
+        self.probs, self.unc, self.logits, self.row_wise = return_probabilities, return_uncertainty, return_logits, slab
+        self.backend = "triton" if use_triton else "torch"
+        self._total: torch.Tensor | None = None
+
+    def setup(self, grid: TileGrid) -> None:
+        self.grid = grid
+        self.w = [gaussian_1d(p, self.sigma_scale, grid.device) for p in grid.patch]
+        self.norms = [normalizer_1d(s, st, wi) for s, st, wi in zip(grid.shape, grid.starts, self.w)]
+        self.weight = None if self.triton else patch_weight(*self.w)
+        zsz, ysz, xsz = grid.shape
+        if self.row_wise:
+            self.outs = self._alloc_cpu(grid.shape)
+            self.acc = torch.zeros((self.k, grid.patch[0], ysz, xsz), dtype=torch.float32, device=grid.device)
+        else:
+            self.acc = torch.zeros((self.k, zsz, ysz, xsz), dtype=torch.float32, device=grid.device)
+        self.lo = 0  # z of acc[:, 0]
+
+    def start_row(self, z: int) -> None:
+        if self.row_wise and z > self.lo:  # slices lo..z-1 are complete: finalize and shift the buffer
+            self._emit(self.acc[:, :z - self.lo], self.lo)
+            keep = self.lo + self.grid.patch[0] - z
+            self.acc[:, :keep] = self.acc[:, z - self.lo:z - self.lo + keep].clone()
+            self.acc[:, keep:] = 0
+            self.lo = z
+
+    def add(self, output, offsets: Sequence[tuple[int, int, int]], flip_dims: Sequence[int]) -> None:
+        out = output[0] if isinstance(output, (list, tuple)) else output
+        out = torch.flip(out, list(flip_dims)) if flip_dims else out
+        self._total = out.float() if self._total is None else self._total.add_(out.float())
+
+    def commit(self, offsets: Sequence[tuple[int, int, int]]) -> None:
+        tiles, self._total = self._total, None
+        tiles /= self.grid.members
+        local = [(z - self.lo, y, x) for z, y, x in offsets]
+        if self.triton:
+            accumulate_triton(self.acc, tiles, local, *self.w)
+        else:
+            accumulate_torch(self.acc, tiles, local, self.weight)
+
+    def finish(self) -> SlidingWindowResult:
+        if self.row_wise:
+            self._emit(self.acc[:, :self.grid.shape[0] - self.lo], self.lo)
+            out = self.outs
+        else:
+            res = self._finalize(self.acc, self.norms[0])
+            if self.logits:
+                out = {"logits": res.cpu()}
+            else:
+                out = {f: (getattr(res, f).cpu() if getattr(res, f) is not None else None)
+                       for f in ("labels", "probabilities", "max_prob", "entropy")}
+        return _crop(out, self.grid.pads)
+
+    def _finalize(self, acc: torch.Tensor, nz: torch.Tensor) -> Finalized | torch.Tensor:
+        if self.logits:
+            return normalize_torch(acc, nz, self.norms[1], self.norms[2])
+        return finalize(acc, nz, self.norms[1], self.norms[2], self.mode, self.probs, self.unc, self.backend)
+
+    def _alloc_cpu(self, shape) -> dict:
+        k = self.k
+        if self.logits:
+            return {"logits": torch.empty((k, *shape), dtype=torch.float16)}
+        return {"labels": torch.empty(shape, dtype=torch.uint8) if self.mode == "softmax" else None,
+                "probabilities": torch.empty((k, *shape), dtype=torch.float16) if self.probs else None,
+                "max_prob": torch.empty(shape, dtype=torch.float16) if self.unc else None,
+                "entropy": torch.empty(shape, dtype=torch.float16) if self.unc else None}
+
+    def _emit(self, block: torch.Tensor, z0: int) -> None:
+        n = block.shape[1]
+        res = self._finalize(block.clone(), self.norms[0][z0:z0 + n])
+        if self.logits:
+            self.outs["logits"][:, z0:z0 + n] = res.half().cpu()
+            return
+        for f, v in self.outs.items():
+            if v is not None:
+                v[..., z0:z0 + n, :, :] = getattr(res, f).cpu()
+
+
+def _crop(out: dict, pads: list[tuple[int, int]]) -> SlidingWindowResult:
+    sl = tuple(slice(a, None if b == 0 else -b) for a, b in pads)
+    crop = {k: (v[(Ellipsis, *sl)].contiguous() if v is not None else None) for k, v in out.items()}
+    return SlidingWindowResult(labels=crop.get("labels"), probabilities=crop.get("probabilities"),
+                               max_prob=crop.get("max_prob"), entropy=crop.get("entropy"), logits=crop.get("logits"))
+
+
+DEFAULT_MEMORY_BUDGET = 4 * 1024 ** 3
+
+
+def dense_aggregator(num_classes: int, image_shape: Sequence[int], patch_size: Sequence[int],
+                     sigma_scale: float = 0.125, backend: str = "auto", device: torch.device | str = "cpu",
+                     mode: str = "softmax", return_probabilities: bool = False, return_uncertainty: bool = False,
+                     return_logits: bool = False, slab: bool | None = None,
+                     memory_budget_bytes: int | None = None) -> DenseAggregator:
+    """A :class:`DenseAggregator` for an image of spatial ``image_shape`` (z, y, x), choosing the
+    backend ("auto": Triton on CUDA when installed) and slab mode (``None``: when the full fp32
+    accumulator over the padded image would exceed ``memory_budget_bytes``, default 4 GiB)."""
+    from volseg.kernels.finalize import triton_available
+
+    device = torch.device(device)
+    padded = [max(int(s), int(p)) for s, p in zip(image_shape, patch_size)]
+    use_triton = backend == "triton" or (backend == "auto" and device.type == "cuda" and triton_available())
+    budget = DEFAULT_MEMORY_BUDGET if memory_budget_bytes is None else memory_budget_bytes
+    use_slab = (4 * num_classes * padded[0] * padded[1] * padded[2] > budget) if slab is None else slab
+    return DenseAggregator(num_classes, sigma_scale, use_triton, mode, return_probabilities, return_uncertainty,
+                           return_logits, use_slab)

@@ -1,0 +1,191 @@
+"""The task seam: what segmentation, detection and change detection each decide.
+
+One trainer loop (:mod:`volseg.training.trainer`), one sliding-window engine
+(:mod:`volseg.inference.sliding_window`) and one model-folder format (:mod:`volseg.model`)
+serve every task. What differs between tasks sits behind :class:`Task`, looked up by the
+plan's ``task`` key in an explicit registry (:func:`register_task`, :func:`list_tasks`).
+
+Life of a task in the pipeline::
+
+    plan     Task.configure(fingerprint, config)       planner additions (anchors, levels, ...)
+    train    task.build_network(config)                the network of a configuration
+             task.targets(config)                      augmented patch → training targets (in the workers)
+             task.loss(config)(outputs, targets)       {"term": scalar}; the loop sums and logs them
+             task.batch_stats(outputs, targets)        summable statistics of a validation batch
+             task.score(stats)                         the number that drives the EMA and the best checkpoint
+    predict  task.aggregator(config, props, options)   what the sliding window keeps of every tile
+             task.restore(result, props, geometry, ..) the case on the input grid
+             task.postprocess(prediction, calibration) calibrated rules (post-processing, thresholds)
+             task.export(prediction, ...)              NIfTI, boxes JSON / CSV, lesion tables
+    validate task.calibrators()                        fitted on held-out predictions, written to MODEL/<name>.json
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Protocol, Sequence
+
+import numpy as np
+import torch
+
+_TASKS: dict[str, type] = {}
+
+
+@dataclass(frozen=True)
+class TileGrid:
+    """Where the sliding window puts its tiles, given to :meth:`TileAggregator.setup`.
+
+    Attributes:
+        shape: Spatial shape (z, y, x) of the padded image the tiles cover, voxels.
+        pads: Per axis (before, after) zero padding added to reach at least one patch.
+        patch: Tile size (z, y, x), voxels.
+        starts: Per axis, the tile start positions (voxels of the padded image).
+        device: Where the networks and the accumulators live.
+        members: Forward passes averaged per tile: networks (folds) × mirrorings.
+    """
+
+    shape: tuple[int, int, int]
+    pads: list[tuple[int, int]]
+    patch: tuple[int, int, int]
+    starts: list[list[int]]
+    device: torch.device
+    members: int
+
+
+class TileAggregator(Protocol):
+    """What the sliding window keeps of every tile: dense maps, or boxes.
+
+    The engine calls :meth:`setup` once, then for every row of tiles (one z start, in
+    increasing z, when :attr:`row_wise`; else one row holding every tile) :meth:`start_row`,
+    and for every batch of tiles :meth:`add` once per ensemble member (network × mirroring)
+    and :meth:`commit` once; finally :meth:`finish`.
+    """
+
+    row_wise: bool
+
+    def setup(self, grid: TileGrid) -> None: ...
+
+    def start_row(self, z: int) -> None: ...
+
+    def add(self, output: Any, offsets: Sequence[tuple[int, int, int]], flip_dims: Sequence[int]) -> None:
+        """One member's output for a batch of tiles; ``flip_dims`` are the tensor dims (2 = z)
+        the input was mirrored along, ``offsets`` the tiles' lower corners (padded-image voxels)."""
+
+    def commit(self, offsets: Sequence[tuple[int, int, int]]) -> None: ...
+
+    def finish(self) -> Any: ...
+
+
+class Calibrator(Protocol):
+    """A rule chosen on held-out predictions and applied by ``predict``: post-processing, a
+    detection sweep, a conformal threshold. Its parameters are JSON, in ``MODEL/<name>.json``."""
+
+    name: str
+
+    def fit(self, cases: list) -> dict | None:
+        """Parameters from out-of-fold ``cases`` (task-specific records), or None when there is nothing to fit."""
+
+    def apply(self, prediction: "CasePrediction", params: dict, spacing: Sequence[float]) -> "CasePrediction": ...
+
+
+@dataclass
+class CasePrediction:
+    """One case on its input grid.
+
+    Attributes:
+        labels: uint8 (Z, Y, X) label map, or None (a task without dense labels).
+        probabilities: fp16 (K, Z, Y, X) or None.
+        entropy: fp16 (Z, Y, X) predictive entropy in nats, or None.
+        boxes: Task-specific box records (detection), or None.
+        seconds: Timings of the stages, seconds.
+    """
+
+    labels: np.ndarray | None = None
+    probabilities: np.ndarray | None = None
+    entropy: np.ndarray | None = None
+    boxes: dict | None = None
+    seconds: dict = field(default_factory=dict)
+
+
+class Task(Protocol):
+    """One kind of model: the decisions that differ between segmentation, detection and change."""
+
+    name: str
+    score_name: str  # what :meth:`score` measures, for logs (e.g. "pseudo-Dice")
+
+    @classmethod
+    def configure(cls, fingerprint: dict, config: dict) -> dict:
+        """Planner additions to one configuration (e.g. anchors); returns the configuration."""
+
+    def build_network(self, config: dict) -> torch.nn.Module: ...
+
+    def targets(self, config: dict) -> Callable[..., dict]:
+        """A batchgenerators transform turning the augmented ``seg`` of a batch into ``target``."""
+
+    def loss(self, config: dict) -> Callable[[Any, Any], dict[str, torch.Tensor]]: ...
+
+    def batch_stats(self, outputs: Any, targets: Any) -> torch.Tensor: ...
+
+    def score(self, stats: torch.Tensor) -> tuple[float, dict]:
+        """(score, extra log fields) of summed statistics; NaN when nothing could be scored."""
+
+    def aggregator(self, config: dict, props: dict, options: Any) -> TileAggregator: ...
+
+    def restore(self, result: Any, props: dict, geometry: Any, options: Any) -> CasePrediction: ...
+
+    def postprocess(self, prediction: CasePrediction, calibration: dict, spacing: Sequence[float]) -> CasePrediction: ...
+
+    def export(self, out_dir: Path, case_id: str, ending: str, geometry: Any, prediction: CasePrediction) -> list[Path]: ...
+
+    def done_file(self, out_dir: Path, case_id: str, ending: str) -> Path:
+        """The file whose presence means the case is complete (``--resume``); written last."""
+
+    def calibrators(self) -> list[Calibrator]: ...
+
+
+def register_task(name: str) -> Callable[[type], type]:
+    """Class decorator registering a task under ``name`` (the plan's ``task`` key).
+
+    Example:
+        >>> @register_task("my_task")  # doctest: +SKIP
+        ... class MyTask: ...
+    """
+
+    def decorator(cls: type) -> type:
+        old = _TASKS.get(name)
+        if old is not None and (old.__module__, old.__qualname__) != (cls.__module__, cls.__qualname__):
+            raise ValueError(f"task {name!r} is already registered (by {old!r})")
+        cls.name = name
+        _TASKS[name] = cls
+        return cls
+
+    return decorator
+
+
+def list_tasks() -> list[str]:
+    """Sorted names of the registered tasks."""
+    import volseg.tasks  # noqa: F401  (registers the built-in tasks)
+
+    return sorted(_TASKS)
+
+
+def task_class(name: str) -> type:
+    """The class registered as ``name``.
+
+    Raises:
+        ValueError: No task is registered under ``name``.
+    """
+    if name not in list_tasks():
+        raise ValueError(f"unknown task {name!r}; registered: {', '.join(list_tasks())}")
+    return _TASKS[name]
+
+
+def make_task(plans: dict) -> Task:
+    """The task of a plan, bound to it (``plans["task"]``, default ``"segmentation"``).
+
+    Example:
+        >>> task = make_task(plans)  # doctest: +SKIP
+        >>> net = task.build_network(plans["configurations"]["3d_cpu"])  # doctest: +SKIP
+    """
+    return task_class(plans.get("task", "segmentation"))(plans)

@@ -1,0 +1,184 @@
+"""Semantic segmentation: softmax over label values, or one sigmoid per region.
+
+The first implementation of :class:`~volseg.tasks.base.Task`: a plan-built U-Net with deep
+supervision, Dice + cross-entropy, pseudo-Dice on validation patches, dense Gaussian
+stitching, label maps (and probability / entropy maps) as NIfTI, and connected-component
+post-processing chosen on the held-out predictions.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from volseg.tasks.base import CasePrediction, register_task
+
+
+class NamedLoss(torch.nn.Module):
+    """Wraps a loss module so that it returns ``{name: scalar}`` (the loop sums the terms)."""
+
+    def __init__(self, name: str, loss: torch.nn.Module) -> None:
+        super().__init__()
+        self.name, self.loss = name, loss
+
+    def forward(self, outputs, targets) -> dict[str, torch.Tensor]:
+        return {self.name: self.loss(outputs, targets)}
+
+
+def ds_scales(config: dict) -> list[list[float]] | None:
+    """Per-output downsampling factors of the deep-supervision targets (None without deep supervision)."""
+    from volseg.networks import deep_supervision_scales
+
+    if not config["network"].get("deep_supervision", True):
+        return None
+    return [list(s) for s in deep_supervision_scales(config["network"]["strides"])]
+
+
+class ComponentRules:
+    """Connected-component post-processing, chosen on the held-out label maps (``postprocessing.json``)."""
+
+    name = "postprocessing"
+
+    def __init__(self, plans: dict) -> None:
+        self.plans = plans
+
+    def fit(self, validation_dirs: list[Path]) -> dict | None:
+        """Rules chosen on every ``fold_K/validation/`` folder's predictions and references."""
+        from volseg.io.nifti import read_image
+        from volseg.postprocessing.choose import choose_rules
+
+        if self.plans["outputs"]["mode"] != "softmax":
+            return None
+        ending = self.plans["dataset"].get("file_ending", ".nii.gz")
+        cases = []
+        for folder in validation_dirs:
+            for ref in sorted((folder / "reference").glob(f"*{ending}")):
+                pred = folder / ref.name
+                if pred.is_file():
+                    p, g = read_image(pred)
+                    r, _ = read_image(ref)
+                    cases.append((p.astype(np.int16), r.astype(np.int16), g.spacing))
+        if not cases:
+            return None
+        values = [v for v in self.plans["outputs"]["class_values"] if v != 0]
+        chosen = choose_rules(cases, values)
+        chosen["num_cases"] = len(cases)
+        return chosen
+
+    def apply(self, prediction: CasePrediction, params: dict, spacing: Sequence[float]) -> CasePrediction:
+        from volseg.postprocessing import apply_rules
+
+        prediction.labels = apply_rules(prediction.labels, params["rules"], spacing)
+        return prediction
+
+
+@register_task("segmentation")
+class SegmentationTask:
+    """Dense labels from the plan's ``outputs`` (softmax classes or sigmoid regions).
+
+    Args:
+        plans: The plan (``outputs``, ``dataset.channel_names`` are read).
+    """
+
+    name = "segmentation"
+    score_name = "pseudo-Dice"
+
+    def __init__(self, plans: dict) -> None:
+        self.plans = plans
+        self.outputs = plans["outputs"]
+        self.mode = self.outputs["mode"]
+        self.regions = self.outputs.get("regions")
+
+    @classmethod
+    def configure(cls, fingerprint: dict, config: dict) -> dict:
+        """Segmentation adds nothing to the planner's configuration."""
+        return config
+
+    def build_network(self, config: dict) -> torch.nn.Module:
+        from volseg.networks import from_plans
+
+        return from_plans(config["network"], len(self.plans["dataset"]["channel_names"]), self.outputs["num_outputs"])
+
+    def targets(self, config: dict):
+        """Label map → one nearest-neighbour target per deep-supervision output (or one target)."""
+        from volseg.data.augmentation import DeepSupervisionTargets
+
+        return DeepSupervisionTargets(ds_scales(config))
+
+    def loss(self, config: dict) -> NamedLoss:
+        from volseg.training.losses import build_loss
+
+        loss_cfg = config["training"]["loss"]
+        base = build_loss(loss_cfg, mode=self.mode, deep_supervision=ds_scales(config) is not None,
+                          regions=self.regions)
+        return NamedLoss(loss_cfg["name"], base)
+
+    def batch_stats(self, outputs, targets) -> torch.Tensor:
+        """Per-class (tp, fp, fn) of the full-resolution output, (3, K') float64 on the CPU."""
+        from volseg.training.losses import labels_to_regions
+        from volseg.training.metrics import confusion_counts
+
+        full = outputs[0] if isinstance(outputs, (list, tuple)) else outputs
+        tgt = targets[0] if isinstance(targets, (list, tuple)) else targets
+        if self.mode == "sigmoid":
+            tgt = labels_to_regions(tgt, self.regions)
+        return confusion_counts(full.float(), tgt, self.mode).cpu()
+
+    def score(self, stats: torch.Tensor) -> tuple[float, dict]:
+        """Mean pseudo-Dice over the classes that occurred (NaN when none did)."""
+        from volseg.training.metrics import dice_from_counts
+
+        dice = dice_from_counts(stats)
+        finite = [d for d in dice if not np.isnan(d)]
+        return (float(sum(finite) / len(finite)) if finite else float("nan")), {"pseudo_dice": dice}
+
+    def aggregator(self, config: dict, props: dict, options, device: torch.device):
+        """Dense stitching; resampled afterwards (logits kept) when the network grid differs from the crop."""
+        from volseg.inference.dense import dense_aggregator
+
+        same_grid = list(props["shape_after_resampling"]) == list(props["shape_after_crop"])
+        want_probs = options.save_probabilities or self.mode == "sigmoid"
+        budget = None if options.memory_budget_gb is None else int(options.memory_budget_gb * 1e9)
+        return dense_aggregator(self.outputs["num_outputs"], props["shape_after_resampling"], config["patch_size"],
+                                config["inference"]["gaussian_sigma_scale"], options.backend, device, self.mode,
+                                return_probabilities=want_probs and same_grid,
+                                return_uncertainty=options.save_uncertainty and same_grid,
+                                return_logits=not same_grid, memory_budget_bytes=budget)
+
+    def restore(self, result, props: dict, geometry, options) -> CasePrediction:
+        """Resample (when needed), finalize and un-crop the stitched result onto the input grid."""
+        from volseg.inference.restore import dense_to_input_grid, regions_to_labels, resample_and_finalize
+
+        if result.logits is None:
+            labels, probs, entropy = result.labels, result.probabilities, result.entropy
+        else:
+            fin = resample_and_finalize(result.logits, props["shape_after_crop"], mode=self.mode,
+                                        return_probabilities=options.save_probabilities or self.mode == "sigmoid",
+                                        return_uncertainty=options.save_uncertainty, backend=options.backend)
+            labels, probs, entropy = fin.labels, fin.probabilities, fin.entropy
+        if self.mode == "sigmoid":
+            labels = regions_to_labels(probs.float(), self.regions)
+        lab, p, ent = dense_to_input_grid(labels, probs if options.save_probabilities else None, entropy, props,
+                                          geometry.shape, self.outputs)
+        return CasePrediction(labels=lab, probabilities=p, entropy=ent)
+
+    def postprocess(self, prediction: CasePrediction, calibration: dict, spacing: Sequence[float]) -> CasePrediction:
+        for calibrator in self.calibrators():
+            if calibration.get(calibrator.name):
+                prediction = calibrator.apply(prediction, calibration[calibrator.name], spacing)
+        return prediction
+
+    def export(self, out_dir: Path, case_id: str, ending: str, geometry, prediction: CasePrediction) -> list[Path]:
+        from volseg.inference.export import export_case
+
+        return export_case(out_dir, case_id, ending, geometry, prediction.labels, prediction.probabilities,
+                           prediction.entropy)
+
+    def done_file(self, out_dir: Path, case_id: str, ending: str) -> Path:
+        return Path(out_dir) / f"{case_id}{ending}"
+
+    def calibrators(self) -> list[ComponentRules]:
+        return [ComponentRules(self.plans)]
