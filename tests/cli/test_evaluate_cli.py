@@ -47,6 +47,8 @@ def test_missing_prediction_gives_status_one_after_writing(tmp_path, capsys):
     assert rc == 1
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert summary["missing"]["predictions"] == ["b"] and summary["settings"]["lesion_wise"] is None
+    assert summary["labels"]["stable"]["counts"]["missing_predictions"] == 1  # b is in the mean, scored as empty
+    assert [c["status"] for c in summary["cases"]] == ["ok", "missing"]
     assert "missing predictions: b" in capsys.readouterr().out
 
 

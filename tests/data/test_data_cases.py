@@ -63,3 +63,12 @@ def test_bad_class_locations(tmp_path, write_case):
 def test_load_cases_needs_cases(tmp_path):
     with pytest.raises(DatasetError, match="no cases"):
         load_cases(tmp_path, [])
+
+
+def test_truncated_image_is_a_one_line_error(tmp_path, write_case):
+    """Regression: a cut-short CASE.npy gave numpy's "mmap length is greater than file size"."""
+    write_case(tmp_path, "c", seed=0)
+    path = tmp_path / "c.npy"
+    path.write_bytes(path.read_bytes()[:-100])
+    with pytest.raises(DatasetError, match=r"c.npy: damaged or cut short"):
+        load_case(tmp_path, "c")

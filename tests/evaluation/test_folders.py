@@ -55,10 +55,13 @@ def test_missing_and_failed_cases_are_reported_not_dropped(folders, geom):
     assert "c1.nii.gz" in errors["c1"] and "origin" in errors["c1"] and "\n" not in errors["c1"]
     assert "c2.nii.gz" in errors["c2"] and "label value(s) 7 not declared" in errors["c2"]
     written = _summary(folders / "out")
-    assert written["counts"]["evaluated"] == 0
-    assert written["labels"]["organ"]["mean"]["dice"] is None  # NaN is written as null
+    assert written["counts"] == {"evaluated": 0, "failed": 2, "missing_predictions": 1, "missing_references": 1}
+    # c0 has no prediction: it is scored as an empty one, so Dice 0 and HD95 undefined
+    assert written["labels"]["organ"]["mean"]["dice"] == 0.0
+    assert written["labels"]["organ"]["mean"]["hd95_mm"] is None  # NaN is written as null
+    assert written["labels"]["organ"]["counts"]["missing_predictions"] == 1
     rows = list(csv.DictReader((folders / "out" / "cases.csv").open()))
-    assert [r["status"] for r in rows] == ["failed", "failed"] and "not declared" in rows[1]["error"]
+    assert [r["status"] for r in rows] == ["missing"] * 3 + ["failed", "failed"] and "not declared" in rows[4]["error"]
 
 
 def test_without_dataset_labels_come_from_the_values_found(folders, geom):
@@ -72,7 +75,8 @@ def test_without_dataset_labels_come_from_the_values_found(folders, geom):
                                plots=False)
     assert list(summary["labels"]) == ["1", "2", "5", "any"]
     five = summary["labels"]["5"]
-    assert five["counts"] == {"cases": 4, "both_empty": 3, "ref_empty_only": 1, "pred_empty_only": 0}
+    assert five["counts"] == {"cases": 4, "both_empty": 3, "ref_empty_only": 1, "pred_empty_only": 0,
+                              "missing_predictions": 0}
     assert five["stats"]["dice"]["n"] == 1 and five["stats"]["dice"]["n_undefined"] == 3
     fp = five["lesions"]["reference_empty_cases"]
     assert fp["cases"] == 4 and fp["cases_with_fp"] == 1 and fp["fp_lesions"] == 1
@@ -124,3 +128,37 @@ def test_overlays_show_the_image_underneath(folders, geom):
     evaluate_folders(folders / "pred", folders / "ref", folders / "out", dataset_dir=folders / "ds",
                      num_workers=1, worst=2, images_dir=folders / "images")
     assert len(list((folders / "out" / "plots" / "worst").glob("organ__c*.png"))) == 2
+
+
+def test_missing_predictions_count_as_empty_in_the_means(tmp_path, geom):
+    """Regression: with 2 of 6 predictions missing, the mean Dice was 1.000 over the 4 present."""
+    lab = np.zeros(geom.shape, np.uint8)
+    lab[4:10, 5:12, 6:14] = 1
+    for i in range(6):
+        write_image(tmp_path / "ref" / f"c{i}.nii.gz", lab, geom)
+        if i not in (2, 5):
+            write_image(tmp_path / "pred" / f"c{i}.nii.gz", lab, geom)  # perfect
+    write_image(tmp_path / "ref" / "empty.nii.gz", np.zeros(geom.shape, np.uint8), geom)  # and no prediction
+    summary = evaluate_folders(tmp_path / "pred", tmp_path / "ref", tmp_path / "out", num_workers=1, plots=False)
+    one = summary["labels"]["1"]
+    assert one["mean"]["dice"] == pytest.approx(4 / 6)
+    assert one["stats"]["dice"]["n"] == 6 and one["stats"]["dice"]["n_undefined"] == 1  # empty vs empty: NaN
+    assert one["counts"]["missing_predictions"] == 3 and one["counts"]["both_empty"] == 1
+    assert one["counts"]["pred_empty_only"] == 2
+    assert summary["counts"]["missing_predictions"] == 3 and summary["counts"]["evaluated"] == 4
+    assert summary["missing"]["predictions"] == ["c2", "c5", "empty"]
+    status = {c["case"]: c["status"] for c in summary["cases"]}
+    assert status == {"c0": "ok", "c1": "ok", "c2": "missing", "c3": "ok", "c4": "ok", "c5": "missing",
+                      "empty": "missing"}
+    rows = {r["case"]: r for r in csv.DictReader((tmp_path / "out" / "cases.csv").open())}
+    assert rows["c2"]["status"] == "missing" and rows["c2"]["dice"] == "0" and "no prediction" in rows["c2"]["error"]
+
+
+def test_missing_prediction_with_unreadable_reference_fails(tmp_path, geom):
+    write_image(tmp_path / "ref" / "a.nii.gz", np.ones(geom.shape, np.uint8), geom)
+    write_image(tmp_path / "pred" / "a.nii.gz", np.ones(geom.shape, np.uint8), geom)
+    (tmp_path / "ref" / "b.nii.gz").write_bytes(b"\x1f\x8b\x08garbage")
+    summary = evaluate_folders(tmp_path / "pred", tmp_path / "ref", tmp_path / "out", num_workers=1, plots=False)
+    assert summary["counts"] == {"evaluated": 1, "failed": 1, "missing_predictions": 1, "missing_references": 0}
+    assert summary["failed"][0]["case"] == "b" and "b.nii.gz" in summary["failed"][0]["error"]
+    assert summary["labels"]["1"]["mean"]["dice"] == 1.0

@@ -5,7 +5,7 @@ import pytest
 from synthetic import make_dataset
 
 from volseg.errors import DatasetError
-from volseg.io.dataset import load_dataset, read_instances
+from volseg.io.dataset import check_case_channels, load_dataset, read_instances
 from volseg.io.nifti import Geometry, write_image
 
 
@@ -135,3 +135,75 @@ def test_inputs_never_modified(tmp_path):
     load_dataset(root)
     after = {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in root.rglob("*") if p.is_file()}
     assert before == after
+
+
+def _one_line_error(root, match):
+    with pytest.raises(DatasetError, match=match) as e:
+        load_dataset(root)
+    assert "\n" not in str(e.value)
+    return str(e.value)
+
+
+def test_binary_dataset_json(tmp_path):
+    """Regression: a dataset.json of random bytes raised UnicodeDecodeError."""
+    root = make_dataset(tmp_path / "d", n_cases=1)
+    (root / "dataset.json").write_bytes(np.random.default_rng(0).integers(128, 256, 64, dtype=np.uint8).tobytes())
+    _one_line_error(root, r"dataset.json: not a UTF-8 text file")
+
+
+@pytest.mark.parametrize("value", ["three", "2", 2.0, True, None, [2]])
+def test_num_training_must_be_an_integer(tmp_path, value):
+    """Regression: "numTraining": "three" raised a ValueError from int()."""
+    root = make_dataset(tmp_path / "d", n_cases=2)
+    _set_meta(root, {**_meta(root), "numTraining": value})
+    _one_line_error(root, r'dataset.json: "numTraining" must be an integer')
+
+
+def test_timepoints_keys_must_be_channel_indices(tmp_path):
+    """Regression: a non-integer key in "timepoints" raised a ValueError from int()."""
+    root = make_dataset(tmp_path / "d", n_cases=1, channels=("FLAIR", "FLAIR"),
+                        extra={"task": "longitudinal", "timepoints": {"0": "baseline", "one": "followup"}})
+    _one_line_error(root, r"""dataset.json: "timepoints" keys must be channel indices .* got 'one'""")
+
+
+def test_region_values_must_be_integers(tmp_path):
+    root = make_dataset(tmp_path / "d", n_cases=1)
+    _set_meta(root, {**_meta(root), "labels": {"background": 0, "class1": 1, "all": ["a", 1]}})
+    _one_line_error(root, r'dataset.json: region "all" must be a list of integer label values')
+
+
+def test_stray_extra_channel_file_is_rejected(tmp_path):
+    """Regression: plan ignored a stray CASE_0002 file of a 2-channel dataset that predict rejected."""
+    root = make_dataset(tmp_path / "d", n_cases=2, channels=("T1", "FLAIR"))
+    stray = root / "imagesTr" / "case_001_0002.nii.gz"
+    stray.write_bytes((root / "imagesTr" / "case_001_0001.nii.gz").read_bytes())
+    msg = _one_line_error(root, r"case_001_0002.nii.gz: unexpected channel 2 of case case_001")
+    assert "expected 2 channels: case_001_0000 to case_001_0001" in msg
+
+
+def test_missing_middle_channel_names_the_missing_file(tmp_path):
+    root = make_dataset(tmp_path / "d", n_cases=1, channels=("T1", "T2", "FLAIR"))
+    (root / "imagesTr" / "case_000_0001.nii.gz").unlink()
+    _one_line_error(root, r"imagesTr/case_000_0001.nii.gz: missing channel 1 of case case_000 \(expected 3 channels")
+
+
+def test_unlabeled_cases_are_checked_too(tmp_path):
+    root = make_dataset(tmp_path / "d", n_cases=2, channels=("T1", "FLAIR"))
+    for p in (root / "labelsTr").iterdir():
+        p.unlink()
+    (root / "labelsTr").rmdir()
+    (root / "imagesTr" / "case_001_0000.nii.gz").unlink()
+    with pytest.raises(DatasetError, match=r"case_001_0000.nii.gz: missing channel 0 of case case_001"):
+        load_dataset(root, require_labels=False)
+
+
+def test_check_case_channels_one_rule_for_every_caller(tmp_path):
+    """The rule predict needs: channel 1 missing while channel 2 is present names CASE_0001, not the extra file."""
+    found = {0: tmp_path / "a_0000.nii", 2: tmp_path / "a_0002.nii"}
+    with pytest.raises(DatasetError, match=r"a_0001.nii: missing channel 1 of case a"):
+        check_case_channels("a", found, 2, tmp_path, ".nii")
+    with pytest.raises(DatasetError, match=r"a_0002.nii: unexpected channel 2 of case a \(expected 2 channels"):
+        check_case_channels("a", {**found, 1: tmp_path / "a_0001.nii"}, 2, tmp_path, ".nii")
+    with pytest.raises(DatasetError, match=r"a_0001.nii.gz: unexpected channel 1 of case a \(expected 1 channel: a_0000\)"):
+        check_case_channels("a", {0: tmp_path / "a.nii.gz", 1: tmp_path / "a_0001.nii.gz"}, 1, tmp_path)
+    check_case_channels("a", {0: tmp_path / "a_0000.nii", 1: tmp_path / "a_0001.nii"}, 2, tmp_path)

@@ -95,3 +95,17 @@ def test_2d_and_4d_are_rejected(tmp_path, shape):
 def test_missing_file(tmp_path):
     with pytest.raises(DatasetError, match="file not found"):
         read_image(tmp_path / "nope.nii.gz")
+
+
+@pytest.mark.parametrize("dtype", [np.complex64, np.complex128])
+def test_complex_images_are_rejected(tmp_path, dtype):
+    """Regression: complex voxels were read, and the imaginary part dropped with only a numpy warning."""
+    import nibabel as nib
+
+    path = tmp_path / "complex.nii.gz"
+    nib.save(nib.Nifti1Image(np.full((4, 5, 6), 1 + 2j, dtype), np.eye(4)), str(path))
+    with pytest.raises(DatasetError, match=r"complex.nii.gz: expected a real-valued image, got complex") as e:
+        read_image(path, dtype=np.float32)
+    assert "\n" not in str(e.value)
+    with pytest.raises(DatasetError, match="complex voxels"):
+        read_geometry(path)

@@ -18,6 +18,7 @@ from typing import Iterable
 import numpy as np
 
 from volseg.errors import DatasetError
+from volseg.io.npy import npy_complete
 
 
 @dataclass
@@ -110,6 +111,9 @@ def load_case(folder: str | os.PathLike, case_id: str) -> Case:
     for p in (image_path, seg_path):
         if not p.is_file():
             raise DatasetError(p, "missing; training needs the preprocessed image and label map")
+        if not npy_complete(p):
+            raise DatasetError(p, "damaged or cut short (its length does not match its header); "
+                               "run `volseg plan` again to rewrite it")
     image = np.load(image_path, mmap_mode="r")
     seg = np.load(seg_path, mmap_mode="r")
     if image.ndim != 4:

@@ -21,11 +21,13 @@ class CasePairs:
         pairs: (case id, prediction file, reference file) for cases in both folders.
         missing_pred: Reference cases without a prediction.
         missing_ref: Predicted cases without a reference.
+        unpredicted: (case id, reference file) for each case of ``missing_pred``.
     """
 
     pairs: tuple[tuple[str, Path, Path], ...]
     missing_pred: tuple[str, ...]
     missing_ref: tuple[str, ...]
+    unpredicted: tuple[tuple[str, Path], ...] = ()
 
 
 def list_cases(folder: str | os.PathLike) -> dict[str, Path]:
@@ -55,11 +57,17 @@ def pair_cases(pred_dir: str | os.PathLike, ref_dir: str | os.PathLike) -> CaseP
     if not pred and not ref:
         raise VolsegError(ref_dir, f"no .nii.gz or .nii files here nor in {pred_dir}")
     pairs = tuple((c, pred[c], ref[c]) for c in sorted(set(pred) & set(ref)))
-    return CasePairs(pairs, tuple(sorted(set(ref) - set(pred))), tuple(sorted(set(pred) - set(ref))))
+    missing_pred = tuple(sorted(set(ref) - set(pred)))
+    return CasePairs(pairs, missing_pred, tuple(sorted(set(pred) - set(ref))), tuple((c, ref[c]) for c in missing_pred))
 
 
-def read_pair(pred_path: Path, ref_path: Path):
+def read_pair(pred_path: Path | None, ref_path: Path):
     """Read a prediction and its reference, checking that their grids match.
+
+    Args:
+        pred_path: The prediction, or ``None`` for a missing one: it is scored as an empty
+            label map (all background) on the reference grid.
+        ref_path: The reference.
 
     Returns:
         ``(pred, ref, geometry)``: integer (z, y, x) label maps and the reference geometry.
@@ -71,6 +79,9 @@ def read_pair(pred_path: Path, ref_path: Path):
     from volseg.io.nifti import read_image
 
     ref, ref_geom = read_image(ref_path)
+    if pred_path is None:
+        ref = _as_labels(ref, ref_path)
+        return np.zeros_like(ref), ref, ref_geom
     pred, pred_geom = read_image(pred_path)
     if ref_geom.matches(pred_geom) is not None:
         raise VolsegError(pred_path, f"geometry does not match the reference {ref_path}: "

@@ -4,7 +4,9 @@ Reads ``PRED/CASE.nii.gz`` and ``REF/CASE.nii.gz`` pairs, scores them in a proce
 with :func:`~volseg.evaluation.case.evaluate_case`, and writes ``summary.json``,
 ``cases.csv`` and ``plots/`` to the output folder. A case whose files cannot be read, whose
 grids differ or whose labels are not declared is recorded as failed with the reason;
-cases found on only one side are listed as missing. Neither stops the other cases.
+cases found on only one side are listed as missing. Neither stops the other cases. A
+reference without a prediction is scored as if the prediction were empty (status
+``missing``), so a missing prediction lowers the means instead of leaving them.
 """
 
 from __future__ import annotations
@@ -30,6 +32,12 @@ from volseg.evaluation.summary import foreground_mean, summarize_label
 log = logging.getLogger(__name__)
 
 FORMAT = {"format": "volseg-evaluation", "version": 1}
+MISSING_PREDICTION = "no prediction file; scored as an empty prediction"
+
+
+def is_scored(case: dict) -> bool:
+    """True for a case in the means: scored from both files (``ok``) or without a prediction (``missing``)."""
+    return case["status"] in ("ok", "missing")
 
 
 def evaluate_folders(pred_dir: str | os.PathLike, ref_dir: str | os.PathLike, out_dir: str | os.PathLike, *,
@@ -76,7 +84,8 @@ def evaluate_folders(pred_dir: str | os.PathLike, ref_dir: str | os.PathLike, ou
     for side, ids in (("prediction", found.missing_pred), ("reference", found.missing_ref)):
         if ids:
             log.warning("%d case(s) without a %s: %s", len(ids), side, ", ".join(ids[:10]))
-    jobs = [(c, p, r, labels, dict(regions or {}), declared, tolerance_mm, cfg) for c, p, r in found.pairs]
+    pairs = sorted([*found.pairs, *((c, None, r) for c, r in found.unpredicted)], key=lambda job: job[0])
+    jobs = [(c, p, r, labels, dict(regions or {}), declared, tolerance_mm, cfg) for c, p, r in pairs]
     cases = _run(jobs, num_workers)
     labels = _fill_labels(cases, labels, regions or {}, tolerance_mm, cfg)
     summary = _summary(cases, labels, found, pred_dir, ref_dir, dataset_dir, tolerance_mm, cfg)
@@ -85,7 +94,7 @@ def evaluate_folders(pred_dir: str | os.PathLike, ref_dir: str | os.PathLike, ou
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     write_case_csv(out_dir / "cases.csv", cases, cfg is not None)
-    if plots and any(c["status"] == "ok" for c in cases):
+    if plots and any(is_scored(c) for c in cases):
         _write_plots(out_dir / "plots", cases, labels, tolerance_mm, worst, images_dir)
     write_summary(out_dir / "summary.json", summary)
     return summary
@@ -112,16 +121,24 @@ def _run(jobs: list[tuple], num_workers: int) -> list[dict]:
         return list(pool.map(score_case_files, *zip(*jobs)))
 
 
-def score_case_files(case_id: str, pred_path: Path, ref_path: Path, labels: dict | None, regions: dict,
+def score_case_files(case_id: str, pred_path: Path | None, ref_path: Path, labels: dict | None, regions: dict,
                      declared: set[int] | None, tolerance_mm: float, lesion_cfg: LesionConfig | None) -> dict:
-    """Score one case from its files; a problem is recorded as ``status: failed`` with the reason."""
-    record = {"case": case_id, "status": "ok", "pred": str(pred_path), "ref": str(ref_path)}
+    """Score one case from its files; a problem is recorded as ``status: failed`` with the reason.
+
+    Without a prediction (``pred_path`` None) the case is scored against an empty prediction
+    and recorded as ``status: missing``.
+    """
+    record = {"case": case_id, "status": "ok", "pred": None if pred_path is None else str(pred_path),
+              "ref": str(ref_path)}
+    if pred_path is None:
+        record.update(status="missing", error=MISSING_PREDICTION)
     try:
         pred, ref, geometry = read_pair(pred_path, ref_path)
         ref_values, pred_values = nonzero_values(ref), nonzero_values(pred)
         if declared is not None:
             check_values(ref_values, declared, ref_path)
-            check_values(pred_values, declared, pred_path)
+            if pred_path is not None:
+                check_values(pred_values, declared, pred_path)
         if labels is None:  # no dataset.json: score every value found on either side
             labels = labels_from_values(ref_values | pred_values, regions)
         record["spacing"] = list(geometry.spacing)
@@ -141,11 +158,11 @@ def _fill_labels(cases: list[dict], labels, regions, tolerance_mm, cfg) -> dict:
     import numpy as np
 
     if labels is None:
-        values = sorted({int(n) for c in cases if c["status"] == "ok" for n in c["metrics"] if n not in regions})
+        values = sorted({int(n) for c in cases if is_scored(c) for n in c["metrics"] if n not in regions})
         labels = labels_from_values(values, regions)
     empty = np.zeros((1, 1, 1), np.uint8)
     for case in cases:
-        if case["status"] != "ok":
+        if not is_scored(case):
             continue
         missing = {n: v for n, v in labels.items() if n not in case["metrics"]}
         if missing:
@@ -156,17 +173,20 @@ def _fill_labels(cases: list[dict], labels, regions, tolerance_mm, cfg) -> dict:
 
 def _summary(cases, labels, found, pred_dir, ref_dir, dataset_dir, tolerance_mm, cfg) -> dict:
     ok = [c for c in cases if c["status"] == "ok"]
-    per_label = {n: summarize_label([c["metrics"][n] for c in ok]) for n in labels}
+    scored = [c for c in cases if is_scored(c)]
+    n_missing = len(scored) - len(ok)
+    per_label = {n: summarize_label([c["metrics"][n] for c in scored], n_missing) for n in labels}
+    failed = [c for c in cases if c["status"] == "failed"]
     return {
         **FORMAT,
         "settings": {"pred_dir": str(pred_dir), "ref_dir": str(ref_dir),
                      "dataset_dir": None if dataset_dir is None else str(dataset_dir),
                      "tolerance_mm": tolerance_mm, "lesion_wise": cfg.to_dict() if cfg else None,
                      "labels": {n: list(v) if isinstance(v, tuple) else v for n, v in labels.items()}},
-        "counts": {"evaluated": len(ok), "failed": len(cases) - len(ok),
+        "counts": {"evaluated": len(ok), "failed": len(failed),
                    "missing_predictions": len(found.missing_pred), "missing_references": len(found.missing_ref)},
         "missing": {"predictions": list(found.missing_pred), "references": list(found.missing_ref)},
-        "failed": [{"case": c["case"], "error": c["error"]} for c in cases if c["status"] != "ok"],
+        "failed": [{"case": c["case"], "error": c["error"]} for c in failed],
         "foreground_mean": foreground_mean(per_label, [n for n, v in labels.items() if isinstance(v, int)]),
         "labels": per_label,
         "cases": cases,

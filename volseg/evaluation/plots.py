@@ -32,7 +32,8 @@ def plot_distributions(cases: list[dict], names: list[str], path: str | os.PathL
     """Box plot with the per-case points on top, one panel per metric, one box per label.
 
     Args:
-        cases: Case records of ``evaluate_folders`` (failed cases are skipped).
+        cases: Case records of ``evaluate_folders`` (failed cases are skipped; cases without a
+            prediction are shown with the scores of an empty prediction, as the means count them).
         names: Labels and regions to show, in order.
         path: PNG file to write.
         tolerance_mm: Shown in the surface Dice panel title.
@@ -41,7 +42,7 @@ def plot_distributions(cases: list[dict], names: list[str], path: str | os.PathL
     rng = np.random.default_rng(0)
     fig, axes = plt.subplots(1, len(PLOTTED), figsize=(4.5 * len(PLOTTED), 4.2), squeeze=False)
     for ax, (metric, title) in zip(axes[0], PLOTTED):
-        data = [[c["metrics"][n][metric] for c in cases if c["status"] == "ok" and n in c["metrics"]] for n in names]
+        data = [[c["metrics"][n][metric] for c in cases if "metrics" in c and n in c["metrics"]] for n in names]
         data = [[v for v in d if np.isfinite(v)] for d in data]
         ax.boxplot([d if d else [np.nan] for d in data], showfliers=False)
         for i, d in enumerate(data, start=1):

@@ -32,21 +32,25 @@ def write_summary(path: str | os.PathLike, summary: dict) -> Path:
 
 
 def case_rows(cases: list[dict], lesion_wise: bool) -> tuple[list[str], list[list]]:
-    """One row per (case, label or region); one row with the error for a failed case."""
+    """One row per (case, label or region) of a scored case; one row with the error for a failed case.
+
+    A case without a prediction has status ``missing``, the scores of an empty prediction, and
+    says so in the ``error`` column.
+    """
     header = ["case", "status", "label", *METRICS]
     if lesion_wise:
         header += [f"lesion_{c}" for c in LESION_COLUMNS]
     header.append("error")
     rows = []
     for case in cases:
-        if case["status"] != "ok":
+        if "metrics" not in case:
             rows.append([case["case"], case["status"]] + [""] * (len(header) - 3) + [case.get("error", "")])
             continue
         for name, m in case["metrics"].items():
-            row = [case["case"], "ok", name, *(_cell(m[k]) for k in METRICS)]
+            row = [case["case"], case["status"], name, *(_cell(m[k]) for k in METRICS)]
             if lesion_wise:
                 row += [_cell(m.get("lesions", {}).get(c, "")) for c in LESION_COLUMNS]
-            rows.append(row + [""])
+            rows.append(row + [case.get("error", "")])
     return header, rows
 
 

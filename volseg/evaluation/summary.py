@@ -27,8 +27,14 @@ def stats(values) -> dict[str, float | int]:
             "min": float(ok.min()), "max": float(ok.max()), "n": int(ok.size), "n_undefined": int(v.size - ok.size)}
 
 
-def summarize_label(per_case: list[dict]) -> dict:
-    """Statistics of one label or region over the cases' metric dicts (from ``evaluate_case``)."""
+def summarize_label(per_case: list[dict], missing_predictions: int = 0) -> dict:
+    """Statistics of one label or region over the cases' metric dicts (from ``evaluate_case``).
+
+    Args:
+        per_case: One metric dict per case.
+        missing_predictions: How many of those cases had no prediction and were scored
+            against an empty one (reported in ``counts``).
+    """
     out = {
         "mean": {},
         "stats": {m: stats(c[m] for c in per_case) for m in METRICS},
@@ -37,6 +43,7 @@ def summarize_label(per_case: list[dict]) -> dict:
             "both_empty": sum(c["ref_empty"] and c["pred_empty"] for c in per_case),
             "ref_empty_only": sum(c["ref_empty"] and not c["pred_empty"] for c in per_case),
             "pred_empty_only": sum(c["pred_empty"] and not c["ref_empty"] for c in per_case),
+            "missing_predictions": missing_predictions,
         },
     }
     out["stats"]["abs_volume_diff_mm3"] = stats(abs(c["volume_diff_mm3"]) for c in per_case)

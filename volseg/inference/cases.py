@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from volseg.errors import DatasetError
-from volseg.io.dataset import group_channel_files
+from volseg.io.dataset import check_case_channels, group_channel_files
 from volseg.io.nifti import NIFTI_ENDINGS, Geometry, read_channels
 
 
@@ -80,11 +80,8 @@ def read_input_case(case: InputCase, num_channels: int) -> tuple[np.ndarray, Geo
     Raises:
         DatasetError: A channel is missing, unreadable, or differs in geometry from channel 0.
     """
-    extra = [p for p in case.images[num_channels:] if p is not None]
-    if extra:
-        raise DatasetError(extra[0], f"case {case.case_id} has more channels than the model's {num_channels}")
-    for c, path in enumerate(case.images[:num_channels]):
-        if path is None:
-            raise DatasetError(case.case_id, f"channel {c} ({case.case_id}_{c:04d}) is missing; "
-                               f"the model expects {num_channels} channel(s)")
+    found = {c: p for c, p in enumerate(case.images) if p is not None}
+    some = next(iter(found.values()), None)
+    folder = some.parent if some is not None else Path(".")
+    check_case_channels(case.case_id, found, num_channels, folder, _ending_of(some) if some is not None else ".nii.gz")
     return read_channels(case.images[:num_channels])

@@ -93,6 +93,7 @@ def read_geometry(path: str | os.PathLike) -> Geometry:
         reader.ReadImageInformation()
     except RuntimeError as e:
         raise DatasetError(path, f"cannot read image header ({_first_line(e)})") from None
+    check_real(path, reader.GetPixelID())
     dim = reader.GetDimension()
     size = reader.GetSize()
     if dim != 3 and not (dim == 4 and size[3] == 1):
@@ -116,7 +117,8 @@ def read_image(path: str | os.PathLike, dtype: np.dtype | None = None,
         ``(array, geometry)`` with ``array`` of shape (z, y, x).
 
     Raises:
-        DatasetError: The file is missing, corrupt or truncated, not 3D, or holds NaN/Inf.
+        DatasetError: The file is missing, corrupt or truncated, not 3D, complex-valued,
+            or holds NaN/Inf.
     """
     path = Path(path)
     if not path.is_file():
@@ -128,6 +130,7 @@ def read_image(path: str | os.PathLike, dtype: np.dtype | None = None,
         image = sitk.ReadImage(str(path))
     except RuntimeError as e:
         raise DatasetError(path, f"cannot read image, the file is corrupt or truncated ({_first_line(e)})") from None
+    check_real(path, image.GetPixelID())
     if image.GetNumberOfComponentsPerPixel() != 1:
         raise DatasetError(path, f"expected a scalar image, got {image.GetNumberOfComponentsPerPixel()} components per voxel")
     dim = image.GetDimension()
@@ -165,6 +168,16 @@ def read_channels(paths: list[Path] | tuple[Path, ...]) -> tuple[np.ndarray, Geo
             raise DatasetError(path, f"channel geometry differs from {Path(paths[0]).name}: {diff}")
         arrays.append(array)
     return np.stack(arrays), geometry
+
+
+_COMPLEX_PIXEL_IDS = (sitk.sitkComplexFloat32, sitk.sitkComplexFloat64)
+
+
+def check_real(path: str | os.PathLike, pixel_id: int) -> None:
+    """Raise when an image stores complex voxels (casting them to float would drop the imaginary part)."""
+    if pixel_id in _COMPLEX_PIXEL_IDS:
+        raise DatasetError(path, f"expected a real-valued image, got complex voxels "
+                           f"({sitk.GetPixelIDValueAsString(pixel_id)}); save the magnitude or the real part")
 
 
 def check_nifti_complete(path: str | os.PathLike) -> None:

@@ -4,7 +4,8 @@ Per case, in ``OUT/preprocessed/<configuration>/``: ``CASE.npy`` float32 (C, Z, 
 ``CASE_seg.npy`` int16 (1, Z, Y, X) class values, ``CASE_inst.npy`` int16 (1, Z, Y, X)
 instance ids (instance-labelled datasets only) and ``CASE.json`` (properties). The JSON is
 written last, so a case is complete exactly when its JSON exists and records the current
-plan hash and source files; such cases are skipped on a re-run.
+plan hash and source files, and each ``.npy`` is as long as its header says; such cases are
+skipped on a re-run.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import numpy as np
 from volseg.fingerprint.case import load_case, semantic_label
 from volseg.io.atomic import save_npy, write_json
 from volseg.io.dataset import CaseFiles, Dataset
+from volseg.io.npy import npy_complete
 from volseg.planning.plans import preprocessing_hash
 from volseg.preprocessing.case import class_locations, preprocess_image, preprocess_label
 
@@ -33,10 +35,28 @@ def source_record(case: CaseFiles, plan_hash: str) -> dict:
             "files": [[p.name, p.stat().st_size, p.stat().st_mtime_ns] for p in files]}
 
 
+def array_files(out_dir: Path, case: CaseFiles) -> list[Path]:
+    """The ``.npy`` files a preprocessed ``case`` has: image, label map and instance map where they apply."""
+    names = [f"{case.case_id}.npy"]
+    if case.label is not None:
+        names.append(f"{case.case_id}_seg.npy")
+        if case.instances is not None:
+            names.append(f"{case.case_id}_inst.npy")
+    return [out_dir / n for n in names]
+
+
 def is_up_to_date(out_dir: Path, case: CaseFiles, plan_hash: str) -> bool:
-    """True when ``out_dir`` holds a complete preprocessed ``case`` made from the same files and plan."""
+    """True when ``out_dir`` holds a complete preprocessed ``case`` made from the same files and plan.
+
+    Every ``.npy`` of the case must be intact by its header (see :func:`~volseg.io.npy.npy_complete`),
+    so a file damaged after it was written is preprocessed again rather than reported up to date.
+    """
     props_path = out_dir / f"{case.case_id}.json"
-    if not props_path.is_file() or not (out_dir / f"{case.case_id}.npy").is_file():
+    if not props_path.is_file():
+        return False
+    damaged = [p for p in array_files(out_dir, case) if not npy_complete(p)]
+    if damaged:
+        log.info("%s: missing or damaged, preprocessing case %s again", damaged[0], case.case_id)
         return False
     try:
         props = json.loads(props_path.read_text())
