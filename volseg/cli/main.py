@@ -19,6 +19,7 @@ from volseg.errors import VolsegError
 # (command, module) in the order ``volseg --help`` lists them.
 COMMANDS = (
     ("demo-data", "volseg.cli.demo_data"),
+    ("import-luna16", "volseg.cli.import_luna16"),
     ("plan", "volseg.cli.plan"),
     ("train", "volseg.cli.train"),
     ("predict", "volseg.cli.predict"),

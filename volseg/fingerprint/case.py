@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from volseg.errors import DatasetError
-from volseg.io.dataset import CaseFiles, Dataset, read_instances
+from volseg.io.dataset import CaseFiles, Dataset, read_ignore, read_instances
 from volseg.io.nifti import Geometry, read_channels, read_image
 from volseg.preprocessing.crop import bbox_of, box_shape, crop, nonzero_mask
 
@@ -18,11 +18,14 @@ def load_case(case: CaseFiles, dataset: Dataset) -> tuple[np.ndarray, np.ndarray
     Returns:
         ``(images, label, geometry, instances)``: images float32 (C, Z, Y, X), label int16
         (Z, Y, X) or ``None``, the geometry of channel 0, and for instance-labelled
-        datasets the instance id → class index map.
+        datasets the instance id → class index map. Ids listed under ``"ignore"`` in
+        ``CASE.json`` stay in ``label`` but not in ``instances`` (so :func:`semantic_label`
+        maps them to background); :func:`volseg.io.dataset.read_ignore` names them.
 
     Raises:
         DatasetError: A file is unreadable, not 3D, holds NaN/Inf, differs in geometry from
-            channel 0, or the label holds undeclared values.
+            channel 0, the label holds undeclared values, an instance map and its
+            ``CASE.json`` disagree (an id on one side only), or a class index is out of range.
     """
     images, geometry = read_channels(case.images)
     label, instances = None, None
@@ -36,20 +39,31 @@ def load_case(case: CaseFiles, dataset: Dataset) -> tuple[np.ndarray, np.ndarray
         label = raw.astype(np.int16)
         found = np.unique(label)
         if dataset.instance_labels:
-            instances = read_instances(case.instances) if case.instances else {}
-            unknown = sorted(set(found.tolist()) - {0} - set(instances))
-            if unknown:
-                raise DatasetError(case.label, f"instance ids {unknown} are not listed in {case.instances.name}")
-            n_classes = len(dataset.foreground_classes)
-            bad = sorted({c for c in instances.values() if not 0 <= c < n_classes})
-            if bad:
-                raise DatasetError(case.instances, f"class indices {bad} outside 0..{n_classes - 1}")
+            instances = _checked_instances(case, dataset, set(found.tolist()) - {0})
         else:
             unknown = sorted(set(found.tolist()) - set(dataset.label_values))
             if unknown:
                 raise DatasetError(case.label, f"label values {unknown} are not declared in dataset.json "
                                    f"(declared: {list(dataset.label_values)})")
     return images, label, geometry, instances
+
+
+def _checked_instances(case: CaseFiles, dataset: Dataset, present: set[int]) -> dict[int, int]:
+    """The instance id → class map of ``case``, checked against the ids ``present`` in its map."""
+    instances = read_instances(case.instances) if case.instances else {}
+    ignore = read_ignore(case.instances) if case.instances else []
+    json_name = case.instances.name if case.instances else f"{case.case_id}.json"
+    unknown = sorted(present - set(instances) - set(ignore))
+    if unknown:
+        raise DatasetError(case.label, f"instance ids {unknown} are not listed in {json_name}")
+    absent = sorted((set(instances) | set(ignore)) - present)
+    if absent:
+        raise DatasetError(case.instances, f"instance ids {absent} are listed but do not occur in {case.label.name}")
+    n_classes = len(dataset.foreground_classes)
+    bad = sorted({c for c in instances.values() if not 0 <= c < n_classes})
+    if bad:
+        raise DatasetError(case.instances, f"class indices {bad} outside 0..{n_classes - 1}")
+    return instances
 
 
 def semantic_label(label: np.ndarray, instances: dict[int, int] | None) -> np.ndarray:
