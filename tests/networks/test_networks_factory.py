@@ -67,3 +67,14 @@ def test_plan_error_is_a_value_error():
         from_plans(CFG, 1, 0)
     with pytest.raises(ValueError, match="network: expected a dict"):
         from_plans([1, 2], 1, 2)
+
+
+def test_architecture_needing_other_keys_is_a_plan_error():
+    """A segmentation network section naming the detection network fails with a PlanError, not a TypeError."""
+    from volseg.errors import PlanError
+    from volseg.networks import from_plans
+
+    cfg = {"architecture": "retina_unet", "features_per_stage": [4, 8], "kernel_sizes": [[3, 3, 3]] * 2,
+           "strides": [[1, 1, 1], [2, 2, 2]], "n_conv_per_stage": [1, 1], "n_conv_per_stage_decoder": [1]}
+    with pytest.raises(PlanError, match="network.architecture 'retina_unet'.*detection_levels"):
+        from_plans(cfg, in_channels=1, num_outputs=2)

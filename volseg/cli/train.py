@@ -31,37 +31,25 @@ def add_parser(sub) -> argparse.ArgumentParser:
     return p
 
 
-def positive_int(text: str) -> int:
-    """argparse type: an integer of at least 1 (a usage error, exit status 2, otherwise)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
+def _number(convert, low: float, inclusive: bool, what: str):
+    """An argparse type: ``convert(text)``, finite and at least (or, not ``inclusive``, above) ``low``;
+    anything else is a usage error (exit status 2) saying ``expected <what>``."""
+
+    def parse(text: str):
+        try:
+            value = convert(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+        if not (value >= low if inclusive else value > low) or value == float("inf"):
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text}")
+        return value
+
+    return parse
 
 
-def non_negative_int(text: str) -> int:
-    """argparse type: an integer of at least 0."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value}")
-    return value
-
-
-def positive_float(text: str) -> float:
-    """argparse type: a finite number greater than 0."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
-    if not 0 < value < float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text}")
-    return value
+positive_int = _number(int, 1, True, "a positive integer")
+non_negative_int = _number(int, 0, True, "an integer >= 0")
+positive_float = _number(float, 0.0, False, "a positive number")
 
 
 def fold_list(text: str) -> list[str]:

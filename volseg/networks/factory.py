@@ -79,3 +79,5 @@ def from_plans(network_cfg: dict, in_channels: int, num_outputs: int) -> torch.n
         return build_network(network_cfg["architecture"], in_channels=in_channels, num_outputs=num_outputs, **kw)
     except ValueError as e:  # in_channels / num_outputs
         raise PlanError(None, str(e)) from None
+    except TypeError as e:  # an architecture that needs keys this plan's network section lacks
+        raise PlanError(None, f"network.architecture {network_cfg['architecture']!r}: {e}") from None
