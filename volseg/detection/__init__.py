@@ -15,3 +15,21 @@ from volseg.detection.clustering import (Detections, concat_detections, nms, sel
 
 __all__ = ["Detections", "box_iou", "box_volume", "boxes_from_instances", "clip_boxes", "concat_detections",
            "flip_boxes", "nms", "scale_boxes", "select_detections", "shift_boxes", "top_k", "weighted_box_clustering"]
+
+# Training parts, imported on first use (they load MONAI's detection utilities, ~2 s):
+# * volseg.detection.coder — BoxCoder: (dz, dy, dx, dd, dh, dw) deltas relative to anchors.
+# * volseg.detection.matching — AnchorMatcher (ATSS + ignore boxes), HardNegativeSampler.
+# * volseg.detection.losses — DetectionLoss: {"cls", "box"} terms over sampled anchors.
+# * volseg.detection.targets — DetectionTargets: augmented instance map → target, boxes, classes.
+_LAZY = {"BoxCoder": "coder", "AnchorMatcher": "matching", "BACKGROUND": "matching", "IGNORE": "matching",
+         "HardNegativeSampler": "matching", "anchor_labels": "matching", "DetectionLoss": "losses",
+         "DetectionTargets": "targets", "IGNORE_LABEL": "targets", "instance_targets": "targets"}
+__all__ += sorted(_LAZY)
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(f"volseg.detection.{_LAZY[name]}"), name)
+    raise AttributeError(f"module 'volseg.detection' has no attribute {name!r}")
