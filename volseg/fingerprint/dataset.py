@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import os
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -44,21 +43,10 @@ def compute_fingerprint(dataset: Dataset, num_workers: int = 2, seed: int = 0, p
     Raises:
         DatasetError: The first invalid case, naming its file.
     """
-    from tqdm import tqdm
+    from volseg.parallel import map_in_processes
 
     jobs = [(case, dataset, seed + i) for i, case in enumerate(dataset.cases)]
-    bar = tqdm(total=len(jobs), desc="fingerprint", unit="case", disable=not progress, leave=False)
-    results: list[tuple[dict, np.ndarray]] = []
-    if num_workers <= 1 or len(jobs) == 1:
-        for job in jobs:
-            results.append(_one(job))
-            bar.update()
-    else:
-        with ProcessPoolExecutor(max_workers=min(num_workers, len(jobs))) as pool:
-            for result in pool.map(_one, jobs):
-                results.append(result)
-                bar.update()
-    bar.close()
+    results = map_in_processes(_one, jobs, num_workers, "fingerprint", "case", progress)
     return summarize(dataset, [r for r, _ in results], [s for _, s in results])
 
 

@@ -311,23 +311,9 @@ def _import_one(job: _Job) -> dict:
 
 
 def _run(jobs: list[_Job], num_workers: int, progress: bool) -> list[dict]:
-    from concurrent.futures import ProcessPoolExecutor
+    from volseg.parallel import map_in_processes
 
-    from tqdm import tqdm
-
-    bar = tqdm(total=len(jobs), desc="import-luna16", unit="scan", disable=not progress, leave=False)
-    results = []
-    if num_workers <= 1 or len(jobs) <= 1:
-        for job in jobs:
-            results.append(_import_one(job))
-            bar.update()
-    else:
-        with ProcessPoolExecutor(max_workers=min(num_workers, len(jobs))) as pool:
-            for r in pool.map(_import_one, jobs):
-                results.append(r)
-                bar.update()
-    bar.close()
-    return results
+    return map_in_processes(_import_one, jobs, num_workers, "import-luna16", "scan", progress)
 
 
 def _check_out(out: Path, images: Path, inputs: list[Path]) -> None:

@@ -1,0 +1,37 @@
+"""Mapping a function over jobs in worker processes, in order, with a progress bar."""
+
+from __future__ import annotations
+
+from concurrent.futures import ProcessPoolExecutor
+from typing import Callable, Sequence, TypeVar
+
+J = TypeVar("J")
+R = TypeVar("R")
+
+
+def map_in_processes(fn: Callable[[J], R], jobs: Sequence[J], num_workers: int, desc: str, unit: str = "case",
+                     progress: bool = True) -> list[R]:
+    """``[fn(job) for job in jobs]``, in up to ``num_workers`` processes (in this one for ≤ 1 worker
+    or a single job); results in the order of ``jobs``. The first exception a job raises is re-raised.
+
+    Example:
+        >>> map_in_processes(abs, [-1, 2, -3], num_workers=1, desc="abs", progress=False)
+        [1, 2, 3]
+    """
+    from tqdm import tqdm
+
+    bar = tqdm(total=len(jobs), desc=desc, unit=unit, disable=not progress, leave=False)
+    results: list[R] = []
+    try:
+        if num_workers <= 1 or len(jobs) <= 1:
+            for job in jobs:
+                results.append(fn(job))
+                bar.update()
+        else:
+            with ProcessPoolExecutor(max_workers=min(num_workers, len(jobs))) as pool:
+                for result in pool.map(fn, jobs):
+                    results.append(result)
+                    bar.update()
+    finally:
+        bar.close()
+    return results
