@@ -79,7 +79,6 @@ def resample_linear(image: np.ndarray, seg: np.ndarray, coords: np.ndarray) -> t
         scores = np.concatenate([1 - rest.sum(1, keepdims=True), rest], axis=1)
         pick = scores.argmax(1)
     return out_i, labels[pick].astype(np.int16)
-    return out_i, out_s
 
 
 class WindowSpatialTransform(AbstractTransform):
