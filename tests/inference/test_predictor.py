@@ -95,3 +95,23 @@ def test_single_folds_and_bad_model(tiny_model, tmp_path):
         load_model(tiny_model, ["4"])
     with pytest.raises(ModelError, match="not a volseg model folder"):
         load_model(tmp_path)
+
+
+def test_checkpoint_with_non_finite_weights_is_refused(tiny_model, tmp_path):
+    """Regression: a model trained to NaN weights predicted all-background maps with exit 0."""
+    import shutil
+
+    import torch
+
+    from volseg.errors import ModelError
+    from volseg.model import load_checkpoint, save_checkpoint
+
+    model = tmp_path / "m"
+    shutil.copytree(tiny_model, model)
+    path = model / "fold_0" / "checkpoint_final.pt"
+    state = load_checkpoint(path)
+    key = next(k for k, v in state["network"].items() if v.is_floating_point())
+    state["network"][key] = torch.full_like(state["network"][key], float("nan"))
+    save_checkpoint(path, {k: v for k, v in state.items() if k != "format"})
+    with pytest.raises(ModelError, match="checkpoint_final.pt: holds non-finite weights"):
+        load_model(model, ["0"])

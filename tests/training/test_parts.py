@@ -70,3 +70,22 @@ def test_epoch_log_truncates_on_resume(tmp_path):
     assert [r["epoch"] for r in log.records()] == [0, 1, 2, 3, 4]
     log.truncate(3)
     assert [r["epoch"] for r in log.records()] == [0, 1, 2]
+
+
+def test_persistent_non_finite_loss_stops_training_without_touching_the_weights():
+    """Regression: a NaN loss trained NaN weights for a whole run and exited 0."""
+    from volseg.training.distributed import DistContext
+    from volseg.training.trainer import (MAX_NONFINITE_STEPS, Schedule, TrainingDiverged, TrainParts, TrainState,
+                                         train_epoch)
+
+    net = torch.nn.Conv3d(1, 2, 3, padding=1)
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    batches = iter([{"data": torch.randn(1, 1, 4, 4, 4), "target": torch.zeros(1, 1, 4, 4, 4)}] * 10)
+    parts = TrainParts(task=None, network=net, optimizer=torch.optim.SGD(net.parameters(), lr=0.1),
+                       loss=lambda out, tgt: {"x": out.sum() * float("nan")}, train_batches=batches,
+                       val_batches=None, wait_time=lambda: 0.0)
+    sched = Schedule(epochs=1, iterations_per_epoch=5, val_iterations=0, base_lr=0.1,
+                     lr_schedule={"name": "constant"}, grad_clip=None)
+    with pytest.raises(TrainingDiverged, match=f"{MAX_NONFINITE_STEPS} consecutive non-finite losses"):
+        train_epoch(parts, sched, TrainState(), DistContext(), None)
+    assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())

@@ -73,6 +73,10 @@ def load_model(model_dir: str | os.PathLike, folds: list[str] | None = None, che
     for fold in folds:
         state = load_checkpoint(fold_dir(root, fold) / f"checkpoint_{checkpoint}.pt", plan_hash=expected)
         net = task.build_network(config)
+        bad = next((k for k, v in state["network"].items() if v.is_floating_point() and not torch.isfinite(v).all()), None)
+        if bad is not None:
+            raise ModelError(fold_dir(root, fold) / f"checkpoint_{checkpoint}.pt",
+                             f"holds non-finite weights (NaN or Inf, e.g. {bad}): its training diverged; train again")
         net.load_state_dict(state["network"])
         if hasattr(net, "deep_supervision"):
             net.deep_supervision = False

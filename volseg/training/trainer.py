@@ -17,6 +17,7 @@ from typing import Any, Callable, Iterator
 
 import torch
 
+from volseg.errors import VolsegError
 from volseg.model.checkpoint import load_checkpoint, save_checkpoint
 from volseg.tasks import Task
 from volseg.training.distributed import DistContext, all_reduce_sum
@@ -25,6 +26,7 @@ from volseg.training.schedule import learning_rate
 
 log = logging.getLogger(__name__)
 EMA_MOMENTUM = 0.9
+MAX_NONFINITE_STEPS = 3  # consecutive non-finite losses (steps skipped) before training stops
 
 
 @dataclass
@@ -91,12 +93,24 @@ def total_loss(terms: dict[str, torch.Tensor]) -> torch.Tensor:
     return total
 
 
+class TrainingDiverged(VolsegError):
+    """The loss stayed non-finite (NaN or Inf) for :data:`MAX_NONFINITE_STEPS` iterations in a row."""
+
+
+def _finite_everywhere(loss: torch.Tensor, ctx: DistContext) -> bool:
+    """Whether the loss is finite on every rank (the same answer on all of them)."""
+    bad = torch.tensor([0.0 if bool(torch.isfinite(loss.detach())) else 1.0], dtype=torch.float64)
+    if ctx.distributed:
+        bad = all_reduce_sum(bad.to(ctx.device), ctx).cpu()
+    return float(bad[0]) == 0.0
+
+
 def train_epoch(parts: TrainParts, sched: Schedule, state: TrainState, ctx: DistContext,
                 scaler: torch.amp.GradScaler | None, bar=None) -> tuple[float, float, dict[str, float]]:
     """One epoch of optimization. Returns (mean loss, seconds waited for data, mean of each loss term)."""
     parts.network.train()
     total_steps = sched.epochs * sched.iterations_per_epoch
-    wait0, losses, term_sums = parts.wait_time(), [], {}
+    wait0, losses, term_sums, nonfinite = parts.wait_time(), [], {}, 0
     device_type = ctx.device.type
     for it in range(sched.iterations_per_epoch):
         lr = learning_rate(sched.lr_schedule, sched.base_lr, state.epoch * sched.iterations_per_epoch + it, total_steps)
@@ -107,6 +121,15 @@ def train_epoch(parts: TrainParts, sched: Schedule, state: TrainState, ctx: Dist
         with torch.autocast(device_type, enabled=sched.amp and device_type == "cuda"):
             terms = parts.loss(parts.network(data), target)
             loss = total_loss(terms)
+        if not _finite_everywhere(loss, ctx):  # skip the step on every rank; stop when it persists
+            nonfinite += 1
+            if nonfinite >= MAX_NONFINITE_STEPS:
+                raise TrainingDiverged(None, f"training diverged: {nonfinite} consecutive non-finite losses "
+                                       f"(epoch {state.epoch}, iteration {it}); checkpoint_latest.pt keeps the "
+                                       f"last complete epoch. Lower training.optimizer.lr in plans.json and train "
+                                       f"again")
+            continue
+        nonfinite = 0
         if scaler is not None:
             scaler.scale(loss).backward()
             scaler.unscale_(parts.optimizer)
