@@ -248,16 +248,34 @@ class SimulateLowResolution(AbstractTransform):
 
 
 class ToTorch(AbstractTransform):
-    """``data`` → float32 tensor, ``target`` (array or list of arrays) → int16 tensor(s) (zero-copy)."""
+    """``data`` → float32 tensor, ``target`` → tensors (zero-copy): an array or a list of arrays
+    (label maps) become int16 tensors; a dict (e.g. detection: segmentation targets, boxes,
+    classes) has each of its arrays converted with its own dtype, in lists and nested dicts."""
 
     def __call__(self, **batch):
         import torch
 
         batch["data"] = torch.from_numpy(np.ascontiguousarray(batch["data"], dtype=np.float32))
         t = batch["target"]
+        if isinstance(t, dict):
+            batch["target"] = _to_tensors(t)
+            return batch
         conv = lambda a: torch.from_numpy(np.ascontiguousarray(a, dtype=np.int16))
         batch["target"] = [conv(a) for a in t] if isinstance(t, list) else conv(t)
         return batch
+
+
+def _to_tensors(value):
+    """NumPy arrays inside dicts and lists → torch tensors of the same dtype."""
+    import torch
+
+    if isinstance(value, dict):
+        return {k: _to_tensors(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_to_tensors(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return torch.from_numpy(np.ascontiguousarray(value))
+    return value
 
 
 def _intensity(params: dict) -> list[AbstractTransform]:

@@ -21,6 +21,9 @@ from volseg.errors import DatasetError
 from volseg.io.npy import npy_complete
 
 
+LABEL_FILES = {"classes": "_seg.npy", "instances": "_inst.npy"}
+
+
 @dataclass
 class Case:
     """One preprocessed training case.
@@ -32,7 +35,10 @@ class Case:
         shape: Spatial shape (Z, Y, X) of the preprocessed arrays, voxels.
         num_channels: C of ``CASE.npy``.
         class_locations: Label value → (N, 3) int64 array of (z, y, x) voxel indices of that
-            label (a random subset from preprocessing); only values with N > 0.
+            label (a random subset from preprocessing); only values with N > 0. With
+            ``labels="instances"``: instance id → voxels of that instance.
+        labels: ``"classes"`` (``CASE_seg.npy``, class values) or ``"instances"``
+            (``CASE_inst.npy``, instance ids; detection).
     """
 
     case_id: str
@@ -41,6 +47,7 @@ class Case:
     shape: tuple[int, int, int]
     num_channels: int
     class_locations: dict[int, np.ndarray]
+    labels: str = "classes"
     _image: np.ndarray | None = field(default=None, repr=False, compare=False)
     _seg: np.ndarray | None = field(default=None, repr=False, compare=False)
 
@@ -50,7 +57,7 @@ class Case:
 
     @property
     def seg_path(self) -> Path:
-        return self.folder / f"{self.case_id}_seg.npy"
+        return self.folder / f"{self.case_id}{LABEL_FILES[self.labels]}"
 
     def image(self) -> np.ndarray:
         """The image as a read-only memory map, float32 (C, Z, Y, X)."""
@@ -86,12 +93,13 @@ def _parse_locations(raw: dict, path: Path, shape: tuple[int, ...]) -> dict[int,
     return out
 
 
-def load_case(folder: str | os.PathLike, case_id: str) -> Case:
+def load_case(folder: str | os.PathLike, case_id: str, labels: str = "classes") -> Case:
     """Open one preprocessed case and check that its files agree.
 
     Args:
         folder: ``OUT/preprocessed/<configuration>/``.
         case_id: Case identifier.
+        labels: ``"classes"`` or ``"instances"``: which label map training reads.
 
     Returns:
         A :class:`Case` (arrays mapped lazily).
@@ -107,7 +115,9 @@ def load_case(folder: str | os.PathLike, case_id: str) -> Case:
         raise DatasetError(props_path, "missing; run `volseg plan` (preprocessing) first") from None
     except json.JSONDecodeError as e:
         raise DatasetError(props_path, f"invalid JSON ({e})") from None
-    image_path, seg_path = folder / f"{case_id}.npy", folder / f"{case_id}_seg.npy"
+    if labels not in LABEL_FILES:
+        raise ValueError(f"labels: expected one of {sorted(LABEL_FILES)}, got {labels!r}")
+    image_path, seg_path = folder / f"{case_id}.npy", folder / f"{case_id}{LABEL_FILES[labels]}"
     for p in (image_path, seg_path):
         if not p.is_file():
             raise DatasetError(p, "missing; training needs the preprocessed image and label map")
@@ -123,17 +133,21 @@ def load_case(folder: str | os.PathLike, case_id: str) -> Case:
     if not np.issubdtype(seg.dtype, np.integer):
         raise DatasetError(seg_path, f"expected an integer label map, got dtype {seg.dtype}")
     shape = tuple(int(s) for s in image.shape[1:])
-    locations = _parse_locations(props.get("class_locations", {}), props_path, shape)
-    return Case(case_id, folder, props, shape, int(image.shape[0]), locations)
+    key = "class_locations" if labels == "classes" else "instance_locations"
+    if labels == "instances" and key not in props:
+        raise DatasetError(props_path, "has no instance_locations; run `volseg plan` again to preprocess the "
+                           "instance maps")
+    locations = _parse_locations(props.get(key, {}), props_path, shape)
+    return Case(case_id, folder, props, shape, int(image.shape[0]), locations, labels)
 
 
-def load_cases(folder: str | os.PathLike, case_ids: Iterable[str]) -> list[Case]:
+def load_cases(folder: str | os.PathLike, case_ids: Iterable[str], labels: str = "classes") -> list[Case]:
     """Open several preprocessed cases (see :func:`load_case`).
 
     Example:
-        >>> cases = load_cases("runs/demo/preprocessed/3d_fullres", ["case_000", "case_001"])
+        >>> cases = load_cases("runs/demo/preprocessed/3d_fullres", ["case_000", "case_001"])  # doctest: +SKIP
     """
-    cases = [load_case(folder, c) for c in case_ids]
+    cases = [load_case(folder, c, labels) for c in case_ids]
     if not cases:
         raise DatasetError(folder, "no cases given to load")
     channels = {c.num_channels for c in cases}

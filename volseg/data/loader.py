@@ -69,9 +69,16 @@ def _worker_seed(seed: int, rank: int, worker: int, training: bool) -> int:
 
 def _pin(batch: dict) -> dict:
     batch["data"] = batch["data"].pin_memory()
-    t = batch["target"]
-    batch["target"] = [x.pin_memory() for x in t] if isinstance(t, list) else t.pin_memory()
+    batch["target"] = _pinned(batch["target"])
     return batch
+
+
+def _pinned(value):
+    if isinstance(value, dict):
+        return {k: _pinned(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_pinned(v) for v in value]
+    return value.pin_memory() if hasattr(value, "pin_memory") else value
 
 
 class BatchLoader:
@@ -179,7 +186,7 @@ def make_loader(cases: Sequence[Case], patch_size: Sequence[int], batch_size: in
                 deep_supervision_scales: Sequence[Sequence[float]] | None = None, *,
                 targets=None, training: bool = True, foreground_oversampling: float = 0.33, num_workers: int = 2,
                 seed: int = 0, rank: int = 0, world_size: int = 1, pin_memory: bool = False,
-                num_cached: int = 3) -> BatchLoader:
+                num_cached: int = 3, random_offset: bool = False) -> BatchLoader:
     """A training or validation batch loader.
 
     Args:
@@ -200,6 +207,8 @@ def make_loader(cases: Sequence[Case], patch_size: Sequence[int], batch_size: in
         rank, world_size: DDP rank and number of ranks.
         pin_memory: Pin batch tensors for faster host→GPU copies (CUDA only).
         num_cached: Batches buffered per worker.
+        random_offset: Forced samples put their object anywhere in the middle of the patch
+            (:class:`~volseg.data.sampling.PatchSampler`).
 
     Returns:
         A :class:`BatchLoader` yielding ``{"data": float32 (b, C, pz, py, px), "target":
@@ -215,7 +224,7 @@ def make_loader(cases: Sequence[Case], patch_size: Sequence[int], batch_size: in
     params = augmentation if training else None
     # the spatial transform reads only what its grid covers, so the sampler needs no enlarged window
     sampler = PatchSampler(cases, patch_size, batch_size, None, foreground_oversampling,
-                           seed=seed, rank=rank, world_size=world_size)
+                           seed=seed, rank=rank, world_size=world_size, random_offset=random_offset)
     transform = build_transforms(params, patch_size, deep_supervision_scales, is_training=params is not None,
                                  to_torch=False, targets=targets)
     seeds = [_worker_seed(seed, rank, w, training) for w in range(max(num_workers, 1))]

@@ -124,6 +124,9 @@ class PatchSampler:
             this probability.
         seed: Base seed; the stream is ``(seed, rank, stream)`` (see :meth:`set_stream`).
         rank, world_size: DDP rank and number of ranks.
+        random_offset: A forced sample puts the chosen voxel anywhere in the middle half of the
+            patch (per axis) instead of at its centre, so that objects are seen at every position
+            (detection: a random instance, then a random offset).
 
     Example:
         >>> sampler = PatchSampler(cases, (64, 64, 64), batch_size=2, sample_size=(90, 90, 90))
@@ -132,7 +135,7 @@ class PatchSampler:
 
     def __init__(self, cases: Sequence[Case], patch_size: Sequence[int], batch_size: int,
                  sample_size: Sequence[int] | None = None, foreground_oversampling: float = 0.33,
-                 seed: int = 0, rank: int = 0, world_size: int = 1) -> None:
+                 seed: int = 0, rank: int = 0, world_size: int = 1, random_offset: bool = False) -> None:
         if not cases:
             raise ValueError("PatchSampler needs at least one case")
         if not 0 <= rank < world_size:
@@ -151,6 +154,7 @@ class PatchSampler:
                                                                                        foreground_oversampling))
         self.foreground_oversampling = foreground_oversampling
         self.seed, self.rank, self.world_size = int(seed), int(rank), int(world_size)
+        self.random_offset = bool(random_offset)
         self.set_stream(0)
 
     @property
@@ -182,7 +186,12 @@ class PatchSampler:
             value = values[self.rng.integers(len(values))]
             locs = case.class_locations[value]
             voxel = locs[self.rng.integers(len(locs))]
-            return np.clip(voxel - self.patch_size // 2, lo, hi), int(value)
+            if self.random_offset:
+                quarter = self.patch_size // 4
+                offset = self.rng.integers(quarter, np.maximum(self.patch_size - quarter, quarter + 1))
+            else:
+                offset = self.patch_size // 2
+            return np.clip(voxel - offset, lo, hi), int(value)
         return self.rng.integers(lo, hi + 1), None
 
     def crop(self, case: Case, lower: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -207,11 +216,17 @@ class PatchSampler:
         """One batch of this rank as lazy windows (same draws as :meth:`sample`).
 
         Returns:
-            ``{"windows": list of b Window, "keys": list of b case ids}``.
+            ``{"windows": list of b Window, "keys": list of b case ids}``; for cases of
+            instance maps also ``"instance_classes"`` (b ``{id: class index}``) and
+            ``"ignore_ids"`` (b lists of ignore ids).
         """
         draws = self._draw()
-        return {"windows": [Window(c.image(), c.seg(), lo, self.patch_size) for c, lo in draws],
-                "keys": [c.case_id for c, _ in draws]}
+        batch = {"windows": [Window(c.image(), c.seg(), lo, self.patch_size) for c, lo in draws],
+                 "keys": [c.case_id for c, _ in draws]}
+        if draws and draws[0][0].labels == "instances":  # what detection targets need besides the map
+            batch["instance_classes"] = [c.properties.get("instances", {}) for c, _ in draws]
+            batch["ignore_ids"] = [c.properties.get("ignore", []) for c, _ in draws]
+        return batch
 
     def sample(self) -> dict:
         """One batch of this rank.

@@ -10,7 +10,8 @@ slice axis, sometimes axis flips) and a random origin per case.
 
 Labels: an instance map per case (0 background, 1..n nodules) with
 ``labelsTr/CASE.json`` = {"instances": {"1": 0, ...}} (class 0 = nodule), and a LUNA16-style
-``annotations.csv`` (seriesuid, coordX, coordY, coordZ in world mm, diameter_mm).
+``annotations.csv`` (seriesuid, coordX, coordY, coordZ in world mm, diameter_mm); the test
+cases' references go to ``labelsTs/`` and ``annotationsTs.csv``.
 """
 
 from __future__ import annotations
@@ -120,6 +121,15 @@ def make_lung_case(seed: int, shape: tuple[int, int, int] | None = None):
     return np.clip(hu, -1024, 3071).astype(np.float32), instances, geom, nodules
 
 
+def _drop_hidden(instances: np.ndarray, nodules: list) -> tuple[np.ndarray, list]:
+    """Drop the nodules that later ones covered completely, numbering the rest 1..m in order."""
+    present = set(np.unique(instances).tolist())
+    keep = [k for k in range(len(nodules)) if k + 1 in present]
+    lut = np.zeros(len(nodules) + 1, np.int16)
+    lut[[k + 1 for k in keep]] = np.arange(1, len(keep) + 1)
+    return lut[instances], [nodules[k] for k in keep]
+
+
 def generate_lung_dataset(out_dir: str | os.PathLike, num_cases: int = 12, seed: int = 0,
                           num_test: int | None = None, shape: tuple[int, int, int] | None = None) -> Path:
     """Write the chest-CT nodule demo dataset (task "detection", instance labels).
@@ -132,26 +142,29 @@ def generate_lung_dataset(out_dir: str | os.PathLike, num_cases: int = 12, seed:
         shape: Force the volume shape (z, y, x) (default: 64–96 slices of 128 × 128).
 
     Returns:
-        ``out_dir``; ``annotations.csv`` there lists every nodule in world coordinates.
+        ``out_dir``; ``annotations.csv`` there lists every nodule of the training cases in world
+        coordinates, ``annotationsTs.csv`` those of the test cases (whose instance maps are in
+        ``labelsTs/``, for scoring only) and ``scansTs.txt`` the test cases.
     """
     from tqdm import tqdm
 
     out = prepare_out_dir(out_dir)
     num_test = max(1, num_cases // 5) if num_test is None else num_test
-    rows = []
+    rows: dict[str, list] = {"Tr": [], "Ts": []}
     for i in tqdm(range(num_cases + num_test), desc="lung demo", unit="case", leave=False):
         hu, inst, geom, nodules = make_lung_case(seed * 100_003 + i, shape)
-        case = f"lung_{i:03d}"
-        if i >= num_cases:
-            write_image(out / "imagesTs" / f"{case}_0000.nii.gz", hu, geom)
-            continue
-        write_image(out / "imagesTr" / f"{case}_0000.nii.gz", hu, geom)
-        write_image(out / "labelsTr" / f"{case}.nii.gz", inst, geom)
-        dump_json(out / "labelsTr" / f"{case}.json", {"instances": {str(k + 1): 0 for k in range(len(nodules))}})
+        inst, nodules = _drop_hidden(inst, nodules)
+        case, part = f"lung_{i:03d}", "Ts" if i >= num_cases else "Tr"
+        write_image(out / f"images{part}" / f"{case}_0000.nii.gz", hu, geom)
+        write_image(out / f"labels{part}" / f"{case}.nii.gz", inst, geom)
+        dump_json(out / f"labels{part}" / f"{case}.json", {"instances": {str(k + 1): 0 for k in range(len(nodules))}})
         for centre, diameter in nodules:
             x, y, z = geom.voxel_to_world(centre[None])[0]
-            rows.append([case, round(x, 3), round(y, 3), round(z, 3), round(diameter, 3)])
-    write_csv(out / "annotations.csv", ["seriesuid", "coordX", "coordY", "coordZ", "diameter_mm"], rows)
+            rows[part].append([case, round(x, 3), round(y, 3), round(z, 3), round(diameter, 3)])
+    columns = ["seriesuid", "coordX", "coordY", "coordZ", "diameter_mm"]
+    write_csv(out / "annotations.csv", columns, rows["Tr"])
+    write_csv(out / "annotationsTs.csv", columns, rows["Ts"])
+    (out / "scansTs.txt").write_text("".join(f"lung_{i:03d}\n" for i in range(num_cases, num_cases + num_test)))
     write_dataset_json(out, {
         "name": "LungDemo", "description": "synthetic chest CT with solid and ground-glass nodules",
         "channel_names": {"0": "CT"}, "labels": {"background": 0, "nodule": 1}, "numTraining": num_cases,

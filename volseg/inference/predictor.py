@@ -145,6 +145,7 @@ def predict_folder(inputs: list, out_dir: str | Path, model: LoadedModel, option
                 summary["cases"][case.case_id] = {"status": "failed", "error": str(e)}
             bar.update()
         exporter.wait()
+        model.task.finish_folder(out_dir, [c.case_id for c in cases])
     finally:
         bar.close()
         reader.shutdown()

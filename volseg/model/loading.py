@@ -69,6 +69,7 @@ def load_model(model_dir: str | os.PathLike, folds: list[str] | None = None, che
         task = make_task(plans)
     except ValueError as e:
         raise ModelError(root / "plans.json", str(e)) from None
+    task.prepare(config)
     networks = []
     for fold in folds:
         state = load_checkpoint(fold_dir(root, fold) / f"checkpoint_{checkpoint}.pt", plan_hash=expected)

@@ -15,6 +15,8 @@ from volseg.networks.unet import check_topology
 REQUIRED_KEYS = ("architecture", "features_per_stage", "kernel_sizes", "strides", "n_conv_per_stage",
                  "n_conv_per_stage_decoder")
 OPTIONAL_KEYS = {"norm": "instance", "activation": "leaky_relu", "deep_supervision": True}
+# keys of detection networks (retina_unet), passed only when the plan has them
+DETECTION_KEYS = ("detection_levels", "num_anchors", "head_channels", "head_convs", "prior_probability")
 
 
 def network_kwargs(network_cfg: dict) -> dict:
@@ -36,7 +38,7 @@ def network_kwargs(network_cfg: dict) -> dict:
     missing = [k for k in REQUIRED_KEYS if k not in network_cfg]
     if missing:
         raise PlanError(None, f"network: missing key(s) {', '.join(missing)}")
-    unknown = sorted(set(network_cfg) - set(REQUIRED_KEYS) - set(OPTIONAL_KEYS))
+    unknown = sorted(set(network_cfg) - set(REQUIRED_KEYS) - set(OPTIONAL_KEYS) - set(DETECTION_KEYS))
     if unknown:
         raise PlanError(None, f"network: unknown key(s) {', '.join(unknown)}")
     if network_cfg["architecture"] not in list_networks():
@@ -44,6 +46,7 @@ def network_kwargs(network_cfg: dict) -> dict:
                               f"registered: {', '.join(list_networks())}")
     kw = {k: network_cfg[k] for k in REQUIRED_KEYS[1:]}
     kw.update({k: network_cfg.get(k, default) for k, default in OPTIONAL_KEYS.items()})
+    kw.update({k: network_cfg[k] for k in DETECTION_KEYS if k in network_cfg})
     if not isinstance(kw["deep_supervision"], bool):
         raise PlanError(None, f"network.deep_supervision: expected true or false, found {kw['deep_supervision']!r}")
     try:

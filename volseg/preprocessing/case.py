@@ -15,6 +15,7 @@ from volseg.preprocessing.normalize import normalize
 from volseg.preprocessing.resample import resample_image, resample_label
 
 MAX_LOCATIONS_PER_CLASS = 10_000
+MAX_LOCATIONS_PER_INSTANCE = 1_000
 
 
 def preprocess_image(images: np.ndarray, geometry: Geometry, plans: dict, config: dict) -> tuple[np.ndarray, dict]:
@@ -48,8 +49,9 @@ def preprocess_label(label: np.ndarray, props: dict, values: list[int], mode: st
     return resample_label(cropped, props["shape_after_resampling"], values, mode).numpy()
 
 
-def class_locations(seg: np.ndarray, values: list[int], seed: int = 0) -> dict[str, list[list[int]]]:
-    """Up to ``MAX_LOCATIONS_PER_CLASS`` random (z, y, x) voxel indices per foreground value."""
+def class_locations(seg: np.ndarray, values: list[int], seed: int = 0,
+                    max_per_value: int = MAX_LOCATIONS_PER_CLASS) -> dict[str, list[list[int]]]:
+    """Up to ``max_per_value`` random (z, y, x) voxel indices per foreground value."""
     rng = np.random.default_rng(seed)
     out = {}
     for v in values:
@@ -58,7 +60,7 @@ def class_locations(seg: np.ndarray, values: list[int], seed: int = 0) -> dict[s
         idx = np.flatnonzero(seg == v)
         if idx.size == 0:
             continue
-        if idx.size > MAX_LOCATIONS_PER_CLASS:
-            idx = np.sort(rng.choice(idx, MAX_LOCATIONS_PER_CLASS, replace=False))
+        if idx.size > max_per_value:
+            idx = np.sort(rng.choice(idx, max_per_value, replace=False))
         out[str(v)] = np.stack(np.unravel_index(idx, seg.shape), axis=1).astype(int).tolist()
     return out

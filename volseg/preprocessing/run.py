@@ -20,10 +20,10 @@ import numpy as np
 
 from volseg.fingerprint.case import load_case, semantic_label
 from volseg.io.atomic import save_npy, write_json
-from volseg.io.dataset import CaseFiles, Dataset
+from volseg.io.dataset import CaseFiles, Dataset, read_ignore
 from volseg.io.npy import npy_complete
 from volseg.planning.plans import preprocessing_hash
-from volseg.preprocessing.case import class_locations, preprocess_image, preprocess_label
+from volseg.preprocessing.case import MAX_LOCATIONS_PER_INSTANCE, class_locations, preprocess_image, preprocess_label
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +83,9 @@ def preprocess_case_to_disk(case: CaseFiles, dataset: Dataset, plans: dict, conf
             save_npy(out_dir / f"{case.case_id}_inst.npy", inst[None])
             present = set(np.unique(inst).tolist())
             props["instances"] = {str(k): v for k, v in instances.items() if k in present}
+            props["ignore"] = [i for i in read_ignore(case.instances) if i in present] if case.instances else []
+            props["instance_locations"] = class_locations(inst, sorted(present - {0}), seed,
+                                                          MAX_LOCATIONS_PER_INSTANCE)
     props["case_id"] = case.case_id
     props["source"] = source_record(case, preprocessing_hash(plans, config_name))
     write_json(out_dir / f"{case.case_id}.json", props)

@@ -1,16 +1,17 @@
 """Tasks: what segmentation, detection and change detection each decide (see :mod:`volseg.tasks.base`).
 
-Registered tasks (the plan's ``task`` key): ``"segmentation"``.
+Registered tasks (the plan's ``task`` key): ``"segmentation"`` and ``"detection"`` (Retina U-Net).
 
 Example:
     >>> from volseg.tasks import list_tasks
     >>> list_tasks()
-    ['segmentation']
+    ['detection', 'segmentation']
 """
 
 from volseg.tasks.base import (Calibrator, CasePrediction, Task, TileAggregator, TileGrid, list_tasks, make_task,
                                register_task, task_class)
 from volseg.tasks.segmentation import SegmentationTask
+from volseg.tasks.detection import DetectionTask  # noqa: E402  (after its base class)
 
-__all__ = ["Calibrator", "CasePrediction", "SegmentationTask", "Task", "TileAggregator", "TileGrid", "list_tasks",
+__all__ = ["Calibrator", "CasePrediction", "DetectionTask", "SegmentationTask", "Task", "TileAggregator", "TileGrid", "list_tasks",
            "make_task", "register_task", "task_class"]

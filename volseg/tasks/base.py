@@ -8,7 +8,9 @@ plan's ``task`` key in an explicit registry (:func:`register_task`, :func:`list_
 Life of a task in the pipeline::
 
     plan     Task.configure(fingerprint, config)       planner additions (anchors, levels, ...)
-    train    task.build_network(config)                the network of a configuration
+    train    task.prepare(config)                      bind the configuration (also before predicting)
+             task.build_network(config)                the network of a configuration
+             task.loader_options(config)               label maps to read, placement of foreground samples
              task.targets(config)                      augmented patch → training targets (in the workers)
              task.loss(config)(outputs, targets)       {"term": scalar}; the loop sums and logs them
              task.batch_stats(outputs, targets)        summable statistics of a validation batch
@@ -17,7 +19,9 @@ Life of a task in the pipeline::
              task.restore(result, props, geometry, ..) the case on the input grid
              task.postprocess(prediction, calibration) calibrated rules (post-processing, thresholds)
              task.export(prediction, ...)              NIfTI, boxes JSON / CSV, lesion tables
-    validate task.calibrators()                        fitted on held-out predictions, written to MODEL/<name>.json
+             task.finish_folder(out_dir, case_ids)     files gathering every case (candidates.csv)
+    validate task.evaluate_validation(...)             held-out cases scored against the dataset's references
+             task.calibrators()                        fitted on held-out predictions, written to MODEL/<name>.json
 """
 
 from __future__ import annotations
@@ -118,7 +122,14 @@ class Task(Protocol):
     def configure(cls, fingerprint: dict, config: dict) -> dict:
         """Planner additions to one configuration (e.g. anchors); returns the configuration."""
 
+    def prepare(self, config: dict) -> None:
+        """Bind the configuration about to be trained or predicted with (called once, first)."""
+
     def build_network(self, config: dict) -> torch.nn.Module: ...
+
+    def loader_options(self, config: dict) -> dict:
+        """``{"labels": "classes" | "instances", "random_offset": bool}``: which label map the
+        training loader reads and how forced foreground samples are placed."""
 
     def targets(self, config: dict) -> Callable[..., dict]:
         """A batchgenerators transform turning the augmented ``seg`` of a batch into ``target``."""
@@ -141,6 +152,12 @@ class Task(Protocol):
 
     def done_file(self, out_dir: Path, case_id: str, ending: str) -> Path:
         """The file whose presence means the case is complete (``--resume``); written last."""
+
+    def finish_folder(self, out_dir: Path, case_ids: list[str]) -> None:
+        """After every case of a folder is exported: files that gather all cases (e.g. ``candidates.csv``)."""
+
+    def evaluate_validation(self, pred_dir: Path, dataset_root: Path, case_ids: list[str]) -> dict:
+        """Score held-out predictions against the dataset's references (written to ``pred_dir/reference``)."""
 
     def calibrators(self) -> list[Calibrator]: ...
 

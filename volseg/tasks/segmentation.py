@@ -97,10 +97,18 @@ class SegmentationTask:
         """Segmentation adds nothing to the planner's configuration."""
         return config
 
+    def prepare(self, config: dict) -> None:
+        """Bind the configuration that is trained or predicted with."""
+        self.config = config
+
     def build_network(self, config: dict) -> torch.nn.Module:
         from volseg.networks import from_plans
 
         return from_plans(config["network"], len(self.plans["dataset"]["channel_names"]), self.outputs["num_outputs"])
+
+    def loader_options(self, config: dict) -> dict:
+        """Training reads the class label maps; forced samples are centred on their voxel."""
+        return {"labels": "classes", "random_offset": False}
 
     def targets(self, config: dict):
         """Label map → one nearest-neighbour target per deep-supervision output (or one target)."""
@@ -179,6 +187,26 @@ class SegmentationTask:
 
     def done_file(self, out_dir: Path, case_id: str, ending: str) -> Path:
         return Path(out_dir) / f"{case_id}{ending}"
+
+    def finish_folder(self, out_dir: Path, case_ids: list[str]) -> None:
+        """Nothing to gather: every case's files are complete on their own."""
+
+    def evaluate_validation(self, pred_dir: Path, dataset_root: Path, case_ids: list[str]) -> dict:
+        """Score the held-out predictions in ``pred_dir`` against the dataset's label maps (copied, or
+        turned from instance maps into class maps, into ``pred_dir/reference``)."""
+        from volseg.evaluation import evaluate_folders
+        from volseg.workflow.crossval import write_reference
+
+        ending = self.plans["dataset"].get("file_ending", ".nii.gz")
+        ref = pred_dir / "reference"
+        ref.mkdir(exist_ok=True)
+        for c in case_ids:
+            src, dst = dataset_root / "labelsTr" / f"{c}{ending}", ref / f"{c}{ending}"
+            if not dst.exists():
+                write_reference(src, dst, dataset_root / "labelsTr" / f"{c}.json"
+                                if self.plans["dataset"].get("instance_labels") else None)
+        return evaluate_folders(pred_dir, ref, pred_dir / "evaluation", dataset_dir=dataset_root, num_workers=1,
+                                plots=True, worst=2)
 
     def calibrators(self) -> list[ComponentRules]:
         return [ComponentRules(self.plans)]

@@ -37,16 +37,20 @@ def build_parts(plans: dict, config: dict, preprocessed: Path, train_ids: list[s
     from volseg.data import load_cases, make_loader
 
     task = make_task(plans)
+    task.prepare(config)
     network = build_network(task, config, ctx)
     optimizer = build_optimizer(config, network)
+    data = task.loader_options(config)
     common = dict(patch_size=config["patch_size"], batch_size=config["batch_size"], targets=task.targets(config),
                   foreground_oversampling=config["training"].get("foreground_oversampling", 0.33),
-                  rank=ctx.rank, world_size=ctx.world_size, pin_memory=ctx.device.type == "cuda")
-    train_loader = make_loader(load_cases(preprocessed, train_ids), augmentation=config["augmentation"],
-                               training=True, num_workers=num_workers, seed=seed, **common)
+                  rank=ctx.rank, world_size=ctx.world_size, pin_memory=ctx.device.type == "cuda",
+                  random_offset=data["random_offset"])
+    train_loader = make_loader(load_cases(preprocessed, train_ids, data["labels"]),
+                               augmentation=config["augmentation"], training=True, num_workers=num_workers,
+                               seed=seed, **common)
     val_loader = None
     if val_ids:
-        val_loader = make_loader(load_cases(preprocessed, val_ids), augmentation=None, training=False,
+        val_loader = make_loader(load_cases(preprocessed, val_ids, data["labels"]), augmentation=None, training=False,
                                  num_workers=min(num_workers, 1), seed=seed + 7919, **common)
 
     def close() -> None:

@@ -80,8 +80,19 @@ def _raw(net: torch.nn.Module) -> torch.nn.Module:
 def _to(batch: dict, device: torch.device) -> tuple[torch.Tensor, Any]:
     data = batch["data"].to(device, non_blocking=True)
     tgt = batch["target"]
+    if isinstance(tgt, dict):
+        return data, _moved(tgt, device)
     tgt = [t.to(device, non_blocking=True) for t in tgt] if isinstance(tgt, (list, tuple)) else tgt.to(device)
     return data, tgt
+
+
+def _moved(value, device: torch.device):
+    """Tensors inside dicts and lists moved to ``device``."""
+    if isinstance(value, dict):
+        return {k: _moved(v, device) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_moved(v, device) for v in value]
+    return value.to(device, non_blocking=True) if isinstance(value, torch.Tensor) else value
 
 
 def total_loss(terms: dict[str, torch.Tensor]) -> torch.Tensor:

@@ -67,7 +67,6 @@ def write_reference(label_file: Path, dst: Path, instance_file: Path | None = No
 def validate_fold(model_dir: str | Path, fold: str, val_ids: list[str], device: str = "auto",
                   progress: bool = True) -> dict | None:
     """Predict and score the held-out cases of ``fold``; returns the evaluation summary (None when skipped)."""
-    from volseg.evaluation import evaluate_folders
     from volseg.inference.predictor import PredictOptions, predict_folder, resolve_device
     from volseg.model import load_model
 
@@ -81,16 +80,8 @@ def validate_fold(model_dir: str | Path, fold: str, val_ids: list[str], device: 
     ending = model.plans["dataset"].get("file_ending", ".nii.gz")
     images = [p for c in val_ids for p in sorted((root / "imagesTr").glob(f"{c}_[0-9][0-9][0-9][0-9]{ending}"))]
     predict_folder(images, out, model, PredictOptions(device=device, postprocess=False), progress=progress)
-    ref = out / "reference"
-    ref.mkdir(exist_ok=True)
-    for c in val_ids:
-        src, dst = root / "labelsTr" / f"{c}{ending}", ref / f"{c}{ending}"
-        if not dst.exists():
-            write_reference(src, dst, root / "labelsTr" / f"{c}.json"
-                            if model.plans["dataset"].get("instance_labels") else None)
-    summary = evaluate_folders(out, ref, out / "evaluation", dataset_dir=root, num_workers=1,
-                               plots=True, worst=2)
-    log.info("fold %s validation: foreground mean Dice %s", fold, summary.get("foreground_mean"))
+    summary = model.task.evaluate_validation(out, root, list(val_ids))
+    log.info("fold %s validation: %s", fold, {k: summary[k] for k in ("foreground_mean", "cpm") if k in summary})
     return summary
 
 

@@ -1,0 +1,205 @@
+"""Object detection with a Retina U-Net: boxes in world coordinates, trained from instance maps.
+
+The second implementation of :class:`~volseg.tasks.base.Task`. Planning adds anchors and
+detection levels searched on the CPU (:mod:`volseg.planning.anchors`); training reads the
+instance maps, samples a random instance at a random offset in the patch, computes the boxes
+after augmentation and optimizes segmentation + classification + box terms; the validation
+score is the best detection F1 over score thresholds on validation patches. Prediction
+decodes boxes per tile and member, fuses them by weighted box clustering, and writes
+``CASE_boxes.json`` (voxel boxes and world centres), one ``candidates.csv`` and the
+segmentation head's label map.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from volseg.errors import PlanError
+from volseg.tasks.base import CasePrediction, register_task
+from volseg.tasks.segmentation import SegmentationTask, ds_scales
+
+ANCHORS_PER_LEVEL = 3
+DETECTION_FOREGROUND_OVERSAMPLING = 0.5
+
+
+def detection_defaults(anchors: dict) -> dict:
+    """The ``detection`` section of a configuration around planned ``anchors``."""
+    return {
+        "anchors": {"levels": [{"stride": lv["stride"], "shapes": lv["shapes"]} for lv in anchors["levels"]],
+                    "mean_best_iou": anchors["mean_best_iou"], "num_boxes": anchors["num_boxes"]},
+        "matcher": {"num_candidates": 4},
+        "sampler": {"batch_size_per_image": 256, "positive_fraction": 0.33, "min_neg": 16, "pool_size": 20},
+        "loss": {"cls": "bce", "seg_weight": 1.0},
+        "inference": {"score_floor": 0.01, "nms_iou": 0.5, "wbc_iou": 0.2, "max_detections": 100,
+                      "score_threshold": 0.0, "min_size_mm": 0.0},
+    }
+
+
+@register_task("detection")
+class DetectionTask(SegmentationTask):
+    """Retina U-Net detection of the plan's foreground classes (instances of an instance map).
+
+    Reuses the segmentation task's dense parts for the segmentation head.
+
+    Args:
+        plans: The plan; ``outputs`` are softmax over background + classes.
+    """
+
+    name = "detection"
+    score_name = "detection F1"
+
+    def __init__(self, plans: dict) -> None:
+        super().__init__(plans)
+        self.num_classes = int(self.outputs["num_outputs"]) - 1
+        self.class_names = [k for k, v in sorted(plans["dataset"]["labels"].items(), key=lambda kv: kv[1])
+                            if isinstance(v, int) and v > 0]
+
+    @classmethod
+    def configure(cls, fingerprint: dict, config: dict) -> dict:
+        """Anchors and detection levels from the training instances; a ``retina_unet`` network."""
+        from volseg.planning.anchors import determine_anchors
+
+        net = dict(config["network"])
+        try:
+            anchors = determine_anchors(fingerprint, config["spacing"], net["strides"], ANCHORS_PER_LEVEL)
+        except ValueError as e:
+            raise PlanError(None, f"detection planning: {e}") from None
+        widths = [net["features_per_stage"][i] for i in anchors["detection_levels"]]
+        net.update(architecture="retina_unet", detection_levels=anchors["detection_levels"],
+                   num_anchors=ANCHORS_PER_LEVEL, head_channels=int(min(128, max(32, min(widths)))), head_convs=2)
+        config = {**config, "network": net, "detection": detection_defaults(anchors)}
+        training = dict(config["training"])
+        training["loss"] = {**training["loss"], "ignore_label": -1}
+        training["foreground_oversampling"] = DETECTION_FOREGROUND_OVERSAMPLING
+        config["training"] = training
+        return config
+
+    def loader_options(self, config: dict) -> dict:
+        """Training reads the instance maps; a forced sample puts its instance anywhere mid-patch."""
+        return {"labels": "instances", "random_offset": True}
+
+    def targets(self, config: dict):
+        from batchgenerators.transforms.abstract_transforms import Compose
+
+        from volseg.detection.targets import DetectionTargets
+        from volseg.detection.training import PackDetectionTargets
+
+        return Compose([DetectionTargets(ds_scales(config), ignore_label=-1), PackDetectionTargets()])
+
+    def anchors(self, config: dict) -> tuple[torch.Tensor, list[int]]:
+        """(N, 6) anchors of the training patch and the anchor count of each level."""
+        from volseg.networks.retina_unet import anchor_boxes, level_shapes
+
+        plan = config["detection"]["anchors"]
+        shapes = level_shapes(config["patch_size"], [lv["stride"] for lv in plan["levels"]])
+        per_level = [int(np.prod(s)) * len(lv["shapes"]) for s, lv in zip(shapes, plan["levels"])]
+        return anchor_boxes(config["patch_size"], plan), per_level
+
+    def loss(self, config: dict):
+        from volseg.detection.losses import DetectionLoss
+        from volseg.detection.matching import AnchorMatcher, HardNegativeSampler
+        from volseg.detection.training import RetinaUNetLoss
+        from volseg.training.losses import build_loss
+
+        det = config["detection"]
+        seg = build_loss(config["training"]["loss"], mode="softmax", deep_supervision=ds_scales(config) is not None)
+        matcher = AnchorMatcher(num_candidates=det["matcher"]["num_candidates"],
+                                anchors_per_location=config["network"]["num_anchors"])
+        det_loss = DetectionLoss(self.num_classes, matcher=matcher, sampler=HardNegativeSampler(**det["sampler"]),
+                                 cls_loss=det["loss"]["cls"])
+        anchors, per_level = self.anchors(config)
+        return RetinaUNetLoss(seg, det_loss, anchors, per_level, config["network"]["num_anchors"],
+                              det["loss"]["seg_weight"])
+
+    def prepare(self, config: dict) -> None:
+        """Bind the configuration: its anchors decode validation boxes, its settings post-process."""
+        from volseg.detection.coder import BoxCoder
+
+        super().prepare(config)
+        self._val = (self.anchors(config)[0], config["network"]["num_anchors"], BoxCoder())
+
+    def batch_stats(self, outputs, targets) -> torch.Tensor:
+        """Summed (tp, fp, fn) per score threshold of decoded boxes against the patch's boxes."""
+        from volseg.detection.training import decode_top, detection_counts
+        from volseg.networks.retina_unet import flatten_level_outputs
+
+        anchors, num_anchors, coder = self._val
+        cls, box = flatten_level_outputs(outputs["cls"], outputs["box"], num_anchors)
+        decoded = decode_top(cls, box, anchors.to(box.device), coder)
+        return detection_counts(decoded, [b.cpu() for b in targets["boxes"]])
+
+    def score(self, stats: torch.Tensor) -> tuple[float, dict]:
+        from volseg.detection.training import best_f1
+
+        return best_f1(stats)
+
+    def aggregator(self, config: dict, props: dict, options, device: torch.device):
+        """Boxes per tile and member, fused at the end; the segmentation head stitched densely."""
+        from volseg.detection.aggregation import BoxAggregator
+        from volseg.detection.coder import BoxCoder
+
+        inf = config["detection"]["inference"]
+        dense = super().aggregator(config, props, options, device)
+        return BoxAggregator(config["detection"]["anchors"], config["patch_size"], self.num_classes,
+                             config["network"]["num_anchors"], coder=BoxCoder(), score_floor=inf["score_floor"],
+                             nms_iou=inf["nms_iou"], wbc_iou=inf["wbc_iou"], max_detections=inf["max_detections"],
+                             sigma_scale=config["inference"]["gaussian_sigma_scale"], dense=dense)
+
+    def restore(self, result, props: dict, geometry, options) -> CasePrediction:
+        """Boxes in voxels of the input image; the segmentation head's labels on the input grid."""
+        from volseg.detection.export import boxes_to_input_grid
+
+        prediction = super().restore(result.dense, props, geometry, options)
+        boxes = boxes_to_input_grid(np.asarray(result.boxes, dtype=np.float64), props)
+        prediction.boxes = {"boxes": boxes, "scores": np.asarray(result.scores, dtype=np.float64),
+                            "classes": np.asarray(result.classes, dtype=np.int64)}
+        return prediction
+
+    def postprocess(self, prediction: CasePrediction, calibration: dict, spacing: Sequence[float]) -> CasePrediction:
+        """Drop boxes below the score threshold and minimum size (the sweep's, else the plan's)."""
+        from volseg.detection.sweep import apply_box_rules
+
+        inf = self.config["detection"]["inference"]
+        params = calibration.get("detection_sweep") or {"score_threshold": inf["score_threshold"],
+                                                        "min_size_mm": inf["min_size_mm"]}
+        prediction.boxes = apply_box_rules(prediction.boxes, params, spacing)
+        return prediction
+
+    def export(self, out_dir: Path, case_id: str, ending: str, geometry, prediction: CasePrediction) -> list[Path]:
+        """The segmentation head's label map, then ``CASE_boxes.json`` (written last)."""
+        from volseg.detection.export import case_boxes_record, write_case_boxes
+
+        written = super().export(out_dir, case_id, ending, geometry, prediction)
+        b = prediction.boxes
+        record = case_boxes_record(case_id, b["boxes"], b["scores"], b["classes"], geometry, self.class_names)
+        written.append(write_case_boxes(out_dir, case_id, record))
+        return written
+
+    def done_file(self, out_dir: Path, case_id: str, ending: str) -> Path:
+        return Path(out_dir) / f"{case_id}_boxes.json"
+
+    def finish_folder(self, out_dir: Path, case_ids: list[str]) -> None:
+        """One LUNA16-style ``candidates.csv`` for every case predicted into ``out_dir``."""
+        from volseg.detection.export import write_candidates_csv
+
+        write_candidates_csv(out_dir)
+
+    def evaluate_validation(self, pred_dir: Path, dataset_root: Path, case_ids: list[str]) -> dict:
+        """LUNA16 FROC / CPM of the held-out ``candidates.csv`` against findings read from the
+        instance maps (ignore instances as excluded findings), written to ``pred_dir/reference``."""
+        from volseg.detection.reference import write_references
+        from volseg.evaluation.detection import evaluate_detection_csv
+
+        ending = self.plans["dataset"].get("file_ending", ".nii.gz")
+        paths = write_references(dataset_root / "labelsTr", case_ids, pred_dir / "reference", ending)
+        return evaluate_detection_csv(pred_dir / "candidates.csv", paths["annotations"], pred_dir / "evaluation",
+                                      excluded_csv=paths["excluded"], scans=paths["scans"])
+
+    def calibrators(self) -> list:
+        from volseg.detection.sweep import DetectionSweep
+
+        return [DetectionSweep(self.plans)]
