@@ -1,16 +1,18 @@
-"""The main job on built-in demo data: demo data → plan → train → predict → evaluate.
+"""The main job on built-in demo data: demo data → plan → train → predict → evaluate, for each use.
 
-``--dataset ms`` (the default): two-timepoint FLAIR, labels stable / new / vanishing, scored
-per label and for the regions "lesions at follow-up" and "all lesions". ``--dataset lung``:
-chest CT with nodules, trained as a segmentation task (the nodule class), scored voxel-wise
-and nodule by nodule.
+``ms``: two-timepoint FLAIR, labels stable / new / vanishing, a segmentation model scored on
+the held-out fold per label and for the regions "lesions at follow-up" and "all lesions".
+``lung``: chest CT with nodules, a Retina U-Net detector (the plan's task "detection")
+trained from the instance maps, its boxes on the unseen test cases scored by LUNA16 FROC
+and CPM. ``--dataset all`` (the default) runs both, MS first.
 
-Run through ``bash scripts/demo.sh [OUT]``, which installs volseg first. Every stage is
-one call of volseg's Python API; the table at the end gives the scores and the time of
-each stage. Outputs under OUT: ``data/`` (the dataset), ``plan/`` (fingerprint, plan,
-preprocessed cases, and ``plan/models/<configuration>/``, the model folder with its
-curves and the held-out fold's predictions), ``predictions/`` (test cases) and
-``evaluation/`` (summary.json, CSV, plots).
+Run through ``bash scripts/demo.sh [OUT]``, which installs volseg first. Every stage is one
+call of volseg's Python API, with a fixed number of training iterations, so that the scores
+do not depend on the machine's speed. The table at the end gives the scores and the time of
+each stage. Outputs under OUT, per dataset: ``data/`` (the dataset), ``plan_<name>/``
+(fingerprint, plan, preprocessed cases, and ``models/<configuration>/``, the model folder
+with its curves and the held-out fold's predictions), ``predictions_<name>/`` (test cases)
+and ``evaluation_<name>/`` (summary.json, CSV, plots).
 """
 
 from __future__ import annotations
@@ -36,63 +38,103 @@ def stage(name: str, timings: dict):
     return _Stage()
 
 
+def run_ms(args, out: Path, timings: dict) -> dict:
+    """The MS segmentation job; returns the held-out fold's evaluation summary."""
+    import volseg
+    from volseg.planning.summary import plan_table
+
+    data, plan_dir = out / "data" / "ms_demo", out / "plan_ms"
+    with stage("ms: demo data", timings):
+        volseg.demo_data("ms", data, num_cases=args.cases, seed=args.seed)
+    with stage("ms: plan", timings):
+        print(plan_table(volseg.plan(data, plan_dir, device="cpu")))
+    with stage("ms: train", timings):  # ends with the sliding-window validation of the held-out fold
+        fold_dir = volseg.train(plan_dir, fold=0, epochs=args.epochs, iterations=args.iters,
+                                time_limit_minutes=args.train_minutes or None)
+    with stage("ms: predict", timings):
+        volseg.predict([data / "imagesTs"], out / "predictions_ms", fold_dir.parent, save_uncertainty=True)
+    with stage("ms: evaluate", timings):
+        validation = fold_dir / "validation"
+        regions = {"followup_lesions": (1, 2), "all_lesions": (1, 2, 3)}
+        return volseg.evaluate(validation, validation / "reference", out / "evaluation_ms", dataset_dir=data,
+                               images_dir=data / "imagesTr", regions=regions, lesion_wise=True)
+
+
+def run_lung(args, out: Path, timings: dict) -> dict:
+    """The lung nodule detection job; returns the FROC summary of the test cases."""
+    import volseg
+    from volseg.demo import generate_lung_dataset
+    from volseg.evaluation.detection import evaluate_detection_csv
+    from volseg.planning.plans import save_plans
+    from volseg.planning.summary import plan_table
+
+    data, plan_dir = out / "data" / "lung_demo", out / "plan_lung"
+    with stage("lung: demo data", timings):
+        generate_lung_dataset(data, num_cases=args.lung_cases, num_test=args.lung_test, seed=args.seed)
+    with stage("lung: plan", timings):
+        plans = volseg.plan(data, plan_dir, device="cpu")
+        # an edit of the plan, as a user would make it: mirror only along x at test time (2 passes
+        # instead of 8), to fit the CPU budget of the main job
+        plans["configurations"]["3d_cpu"]["inference"]["mirror_axes"] = [2]
+        save_plans(plans, plan_dir / "plans.json")
+        print(plan_table(plans))
+    with stage("lung: train", timings):  # ends with FROC on the held-out fold and the detection sweep
+        fold_dir = volseg.train(plan_dir, fold=0, epochs=args.lung_epochs, iterations=args.iters)
+    with stage("lung: predict", timings):
+        volseg.predict([data / "imagesTs"], out / "predictions_lung", fold_dir.parent)
+    with stage("lung: evaluate", timings):
+        return evaluate_detection_csv(out / "predictions_lung" / "candidates.csv", data / "annotationsTs.csv",
+                                      out / "evaluation_lung", scans=data / "scansTs.txt")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default="demo_run", help="output folder (default demo_run)")
-    ap.add_argument("--dataset", choices=["ms", "lung"], default="ms", help="which demo dataset (default ms)")
-    ap.add_argument("--cases", type=int, default=12, help="training cases of the demo dataset")
+    ap.add_argument("--dataset", choices=["all", "ms", "lung"], default="all",
+                    help="which demo: MS segmentation, lung nodule detection, or both (default)")
+    ap.add_argument("--cases", type=int, default=12, help="training cases of the MS demo (default 12)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--epochs", type=int, default=18,
-                    help="training epochs (default 18, a fixed budget of 360 iterations, so the scores do not "
+                    help="MS training epochs (default 18, a fixed budget of 360 iterations, so the scores do not "
                          "depend on the machine's speed; the plan says 30)")
     ap.add_argument("--iters", type=int, default=20, help="iterations per epoch (default 20)")
     ap.add_argument("--train-minutes", type=float, default=0.0,
-                    help="optional time limit of training: fewer epochs on a slower machine, so the scores then "
-                         "depend on its speed (default 0: no limit)")
+                    help="optional time limit of the MS training: fewer epochs on a slower machine, so the scores "
+                         "then depend on its speed (default 0: no limit)")
+    ap.add_argument("--lung-cases", type=int, default=20, help="training cases of the lung demo (default 20)")
+    ap.add_argument("--lung-test", type=int, default=8, help="annotated test cases of the lung demo (default 8)")
+    ap.add_argument("--lung-epochs", type=int, default=20,
+                    help="lung detector training epochs (default 20: 400 iterations)")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    import volseg
-
     out = Path(args.out)
-    data, plan_dir = out / "data" / f"{args.dataset}_demo", out / "plan"
     timings: dict[str, float] = {}
-    with stage("demo data", timings):
-        volseg.demo_data(args.dataset, data, num_cases=args.cases, seed=args.seed)
-    with stage("plan", timings):
-        plans = volseg.plan(data, plan_dir, device="cpu")
-        from volseg.planning.summary import plan_table
-
-        print(plan_table(plans))
-    with stage("train", timings):  # ends with the sliding-window validation of the held-out fold
-        fold_dir = volseg.train(plan_dir, fold=0, epochs=args.epochs, iterations=args.iters,
-                                time_limit_minutes=args.train_minutes or None)
-    model_dir = fold_dir.parent
-    with stage("predict", timings):
-        volseg.predict([data / "imagesTs"], out / "predictions", model_dir, save_uncertainty=True)
-    with stage("evaluate", timings):
-        validation = fold_dir / "validation"
-        regions = {"followup_lesions": (1, 2), "all_lesions": (1, 2, 3)} if args.dataset == "ms" else None
-        summary = volseg.evaluate(validation, validation / "reference", out / "evaluation", dataset_dir=data,
-                                  images_dir=data / "imagesTr", regions=regions, lesion_wise=True)
-    print_table(summary, timings, out, model_dir)
+    ms = run_ms(args, out, timings) if args.dataset in ("all", "ms") else None
+    lung = run_lung(args, out, timings) if args.dataset in ("all", "lung") else None
+    print_results(ms, lung, timings, out)
     return 0
 
 
-def print_table(summary: dict, timings: dict, out: Path, model_dir: Path) -> None:
-    """Dice per class, lesion-wise F1, and time per stage."""
-    print("\n== results on the held-out fold ==")
-    print(f"{'label':<22}{'Dice':>8}{'lesion F1':>11}")
-    for name, rec in summary["labels"].items():
-        dice = rec["stats"]["dice"]["mean"]
-        f1 = rec.get("lesions", {}).get("pooled", {}).get("f1", float("nan"))
-        f1 = float("nan") if f1 is None else f1
-        print(f"{name:<22}{dice:>8.3f}{f1:>11.3f}")
+def print_results(ms: dict | None, lung: dict | None, timings: dict, out: Path) -> None:
+    """Dice per class and lesion-wise F1 (MS), CPM and FROC points (lung), time per stage."""
+    if ms is not None:
+        print("\n== MS lesions: held-out fold ==")
+        print(f"{'label':<22}{'Dice':>8}{'lesion F1':>11}")
+        for name, rec in ms["labels"].items():
+            dice = rec["stats"]["dice"]["mean"]
+            f1 = rec.get("lesions", {}).get("pooled", {}).get("f1", float("nan"))
+            f1 = float("nan") if f1 is None else f1
+            print(f"{name:<22}{dice:>8.3f}{f1:>11.3f}")
+    if lung is not None:
+        print(f"\n== lung nodules: {lung['counts']['scans']} test scans, {lung['counts']['nodules']} nodules ==")
+        lo, hi = lung["cpm_ci"]
+        print(f"CPM {lung['cpm']:.3f}  (95% CI {lo:.3f}–{hi:.3f})")
+        print("sensitivity at FP/scan  " + "  ".join(f"{r}: {s:.2f}" for r, s in lung["sensitivity"].items()))
     print(f"\n{'stage':<22}{'seconds':>8}")
     for name, sec in timings.items():
         print(f"{name:<22}{sec:>8.1f}")
     print(f"{'total':<22}{sum(timings.values()):>8.1f}")
-    print(f"\nmodel folder: {model_dir}  (curves: fold_0/progress.png)")
-    print(f"evaluation:   {out / 'evaluation'}  (summary.json, cases.csv, plots/)")
+    print(f"\noutputs: {out}  (model folders under plan_*/models/, evaluations in evaluation_*/)")
 
 
 if __name__ == "__main__":

@@ -209,3 +209,14 @@ def test_low_resolution_keeps_ignored_axis_and_shape():
     assert abs(out[0, 1].std() - noise.std()) < noise.std()  # smoothed, not destroyed
     never = SimulateLowResolution((0.5, 0.5), p_per_sample=0.0)
     np.testing.assert_array_equal(never(data=noise.copy())["data"], noise)
+
+
+def test_to_torch_converts_dict_targets_with_their_dtypes():
+    from volseg.data.augmentation import ToTorch
+
+    batch = ToTorch()(data=np.zeros((1, 1, 2, 2, 2)), target={"seg": [np.zeros((1, 1, 2, 2, 2), np.int16)],
+                                                              "boxes": [np.ones((3, 6), np.float32)],
+                                                              "classes": [np.zeros(3, np.int64)]})
+    t = batch["target"]
+    assert t["seg"][0].dtype == torch.int16 and t["boxes"][0].dtype == torch.float32
+    assert t["classes"][0].dtype == torch.int64 and t["boxes"][0].shape == (3, 6)

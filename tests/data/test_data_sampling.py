@@ -129,3 +129,19 @@ def test_worker_streams_differ(cases):
     sampler.set_stream(0)
     np.testing.assert_array_equal(sampler.sample()["data"], a)
     assert not np.array_equal(a, b)
+
+
+def test_random_offset_places_the_forced_voxel_anywhere_in_the_middle_half():
+    """Detection sampling: a random instance at a random offset, not always at the patch centre."""
+    from volseg.data.sampling import PatchSampler
+
+    class _Case:
+        shape = (64, 64, 64)
+        class_locations = {1: np.array([[32, 32, 32]])}
+
+    offsets = []
+    for random_offset in (False, True):
+        sampler = PatchSampler([_Case()], (16, 16, 16), 2, seed=1, random_offset=random_offset)
+        offsets.append({tuple(32 - sampler.draw_location(_Case(), True)[0]) for _ in range(50)})
+    assert offsets[0] == {(8, 8, 8)}
+    assert len(offsets[1]) > 10 and all(4 <= v < 12 for o in offsets[1] for v in o)

@@ -33,12 +33,26 @@ def plan_table(plans: dict) -> str:
     row("memory est. (GB)", lambda c: _fmt(c.get("memory_estimate_gb", "-")))
     row("GFLOP / iteration", lambda c: _fmt(c.get("gflop_per_iteration", "-")))
     row("epochs × iterations", lambda c: f'{c["training"]["epochs"]}×{c["training"]["iterations_per_epoch"]}')
+    if any("detection" in c for c in configs.values()):
+        row("detection levels", lambda c: " ".join(str(v) for v in c["network"].get("detection_levels", [])) or "-")
+        row("anchor mean best IoU", lambda c: _fmt(c["detection"]["anchors"]["mean_best_iou"]) if "detection" in c
+            else "-")
+        for i in range(max(len(c.get("detection", {}).get("anchors", {}).get("levels", [])) for c in configs.values())):
+            row(f"anchors, level {i + 1}", lambda c, i=i: _anchor_shapes(c, i))
     width = max(len(r[0]) for r in rows)
     cols = [max(len(r[1][i]) for r in rows) for i in range(len(names))]
     lines = [f"{label:<{width}}  " + "  ".join(f"{v:>{w}}" for v, w in zip(vals, cols)) for label, vals in rows]
     norm = ", ".join(f'{n["channel"]}:{n["scheme"]}' + ("(masked)" if n.get("use_nonzero_mask") else "")
                      for n in plans["normalization"])
     ds = plans["dataset"]
-    head = (f'dataset {ds["name"]}  task {ds["task"]}  outputs {plans["outputs"]["mode"]}×'
+    head = (f'dataset {ds["name"]}  task {plans.get("task", ds["task"])}  outputs {plans["outputs"]["mode"]}×'
             f'{plans["outputs"]["num_outputs"]}  normalization {norm}')
     return "\n".join([head, *lines, "(* default configuration)"])
+
+
+def _anchor_shapes(config: dict, level: int) -> str:
+    """Anchor shapes (z×y×x voxels, rounded) of one detection level of a configuration, or "-"."""
+    levels = config.get("detection", {}).get("anchors", {}).get("levels", [])
+    if level >= len(levels):
+        return "-"
+    return " ".join("×".join(f"{v:.0f}" for v in shape) for shape in levels[level]["shapes"])
