@@ -24,6 +24,11 @@ from volseg.tasks.segmentation import SegmentationTask, ds_scales
 
 ANCHORS_PER_LEVEL = 3
 DETECTION_FOREGROUND_OVERSAMPLING = 0.5
+# The short CPU schedule: every sample holds an instance, and AdamW, which learns the heads far
+# faster early on (lung demo, 100 iterations: validation detection F1 0.35 with AdamW at 1e-3
+# against 0.02 with SGD at 0.01 and momentum 0.99, both with every sample forced).
+CPU_FOREGROUND_OVERSAMPLING = 1.0
+CPU_OPTIMIZER = {"name": "adamw", "lr": 1e-3, "weight_decay": 1e-4}
 
 
 def detection_defaults(anchors: dict) -> dict:
@@ -75,6 +80,8 @@ class DetectionTask(SegmentationTask):
         training = dict(config["training"])
         training["loss"] = {**training["loss"], "ignore_label": -1}
         training["foreground_oversampling"] = DETECTION_FOREGROUND_OVERSAMPLING
+        if config.get("device") == "cpu":
+            training.update(foreground_oversampling=CPU_FOREGROUND_OVERSAMPLING, optimizer=dict(CPU_OPTIMIZER))
         config["training"] = training
         return config
 
