@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import logging
 import os
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 from volseg.errors import VolsegError
+from volseg.parallel import process_pool
 from volseg.evaluation.case import evaluate_case
 from volseg.evaluation.cases import pair_cases, read_pair
 from volseg.evaluation.labels import (
@@ -117,7 +117,7 @@ def _label_setup(dataset_dir, regions, lesion_wise):
 def _run(jobs: list[tuple], num_workers: int) -> list[dict]:
     if num_workers <= 1 or len(jobs) <= 1:
         return [score_case_files(*job) for job in jobs]
-    with ProcessPoolExecutor(max_workers=min(num_workers, len(jobs))) as pool:
+    with process_pool(min(num_workers, len(jobs))) as pool:
         return list(pool.map(score_case_files, *zip(*jobs)))
 
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +21,7 @@ from volseg.fingerprint.case import load_case, semantic_label
 from volseg.io.atomic import save_npy, write_json
 from volseg.io.dataset import CaseFiles, Dataset, read_ignore
 from volseg.io.npy import npy_complete
+from volseg.parallel import process_pool
 from volseg.planning.plans import preprocessing_hash
 from volseg.preprocessing.case import MAX_LOCATIONS_PER_INSTANCE, class_locations, preprocess_image, preprocess_label
 
@@ -119,7 +119,7 @@ def preprocess_dataset(dataset: Dataset, plans: dict, config_name: str, out_dir:
             _job(job)
             bar.update()
     else:
-        with ProcessPoolExecutor(max_workers=min(num_workers, len(jobs))) as pool:
+        with process_pool(min(num_workers, len(jobs))) as pool:
             for _ in pool.map(_job, jobs):
                 bar.update()
     bar.close()
