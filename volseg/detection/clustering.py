@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from volseg.detection.boxes import Array, check_boxes, to_numpy
+from volseg.evaluation.detection import box_iou_3d
 
 
 @dataclass(frozen=True)
@@ -161,18 +162,6 @@ def weighted_box_clustering(detections: Detections, iou_threshold: float = 0.5, 
     return fused.take(np.argsort(-fused.scores, kind="stable"))
 
 
-def _iou_one(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
-    """(M,) IoU of one (6,) box with (M, 6) boxes, in numpy: clustering asks this once per cluster,
-    thousands of times per case, where the per-call cost of :func:`box_iou` (MONAI, torch) dominates.
-    Boxes of zero volume have IoU 0, as with :func:`box_iou`."""
-    lo = np.maximum(box[:3], boxes[:, :3])
-    hi = np.minimum(box[3:], boxes[:, 3:])
-    inter = np.prod(np.clip(hi - lo, 0, None), axis=1)
-    vol = lambda x: np.prod(np.clip(x[..., 3:] - x[..., :3], 0, None), axis=-1)
-    union = vol(box) + vol(boxes) - inter
-    return np.where(union > 0, inter / np.where(union > 0, union, 1.0), 0.0)
-
-
 def _wbc_one_class(boxes: np.ndarray, scores: np.ndarray, weights: np.ndarray, iou_threshold: float,
                    expected: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """WBC of one class: (M, 6) boxes, (M,) scores, (M,) summed weights, in cluster order."""
@@ -183,7 +172,8 @@ def _wbc_one_class(boxes: np.ndarray, scores: np.ndarray, weights: np.ndarray, i
     while free.any():
         idx = np.flatnonzero(free)
         top = idx[0]
-        members = idx[_iou_one(b[top], b[idx]) >= iou_threshold]
+        # numpy IoU: asked once per cluster, thousands of times per case, where MONAI's per-call cost dominates
+        members = idx[box_iou_3d(b[top:top + 1], b[idx])[0] >= iou_threshold]
         members = np.union1d(members, [top])   # a zero-volume top box still forms its own cluster
         free[members] = False
         ms, mw = s[members], w[members]

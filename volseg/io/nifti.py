@@ -60,17 +60,15 @@ class Geometry:
 
     def voxel_to_world(self, zyx: np.ndarray) -> np.ndarray:
         """Map continuous voxel indices (N, 3) in (z, y, x) to world points (N, 3) in (x, y, z) mm."""
-        zyx = np.atleast_2d(np.asarray(zyx, dtype=np.float64))
-        ijk = zyx[:, ::-1] * np.asarray(self.spacing[::-1])
-        d = np.asarray(self.direction, dtype=np.float64).reshape(3, 3)
-        return ijk @ d.T + np.asarray(self.origin)
+        from volseg.io.world import voxel_to_world
+
+        return voxel_to_world(np.atleast_2d(np.asarray(zyx, dtype=np.float64)), self)
 
     def world_to_voxel(self, xyz: np.ndarray) -> np.ndarray:
         """Map world points (N, 3) in (x, y, z) mm to continuous voxel indices (N, 3) in (z, y, x)."""
-        xyz = np.atleast_2d(np.asarray(xyz, dtype=np.float64))
-        d = np.asarray(self.direction, dtype=np.float64).reshape(3, 3)
-        ijk = np.linalg.solve(d, (xyz - np.asarray(self.origin)).T).T / np.asarray(self.spacing[::-1])
-        return ijk[:, ::-1]
+        from volseg.io.world import world_to_voxel
+
+        return world_to_voxel(np.atleast_2d(np.asarray(xyz, dtype=np.float64)), self)
 
 
 def geometry_of(image: sitk.Image) -> Geometry:

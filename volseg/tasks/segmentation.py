@@ -8,6 +8,7 @@ post-processing chosen on the held-out predictions.
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from typing import Sequence
 
@@ -35,6 +36,19 @@ def ds_scales(config: dict) -> list[list[float]] | None:
     if not config["network"].get("deep_supervision", True):
         return None
     return [list(s) for s in deep_supervision_scales(config["network"]["strides"])]
+
+
+def write_reference(label_file: Path, dst: Path, instance_file: Path | None = None) -> None:
+    """Copy a reference label map to ``dst``; an instance map (with its ``CASE.json``) becomes its class map."""
+    if instance_file is None:
+        shutil.copyfile(label_file, dst)
+        return
+    from volseg.fingerprint.case import semantic_label
+    from volseg.io.dataset import read_instances
+    from volseg.io.nifti import read_image, write_image
+
+    label, geometry = read_image(label_file)
+    write_image(dst, semantic_label(label, read_instances(instance_file)).astype(np.uint8), geometry)
 
 
 class ComponentRules:
@@ -195,7 +209,6 @@ class SegmentationTask:
         """Score the held-out predictions in ``pred_dir`` against the dataset's label maps (copied, or
         turned from instance maps into class maps, into ``pred_dir/reference``)."""
         from volseg.evaluation import evaluate_folders
-        from volseg.workflow.crossval import write_reference
 
         ending = self.plans["dataset"].get("file_ending", ".nii.gz")
         ref = pred_dir / "reference"

@@ -12,13 +12,9 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 from pathlib import Path
 
-import numpy as np
-
 from volseg.io.atomic import write_json
-from volseg.io.nifti import read_image
 from volseg.model import dataset_root, fold_dir
 
 log = logging.getLogger(__name__)
@@ -49,19 +45,6 @@ def train_fold(plan_dir: str | os.PathLike, model_dir: str | os.PathLike | None 
                       device="cuda" if trained.device == "cuda" else "cpu", progress=progress)
         calibrate(trained.model_dir)
     return trained.fold_dir
-
-
-def write_reference(label_file: Path, dst: Path, instance_file: Path | None = None) -> None:
-    """Copy a reference label map to ``dst``; an instance map (with its ``CASE.json``) becomes its class map."""
-    if instance_file is None:
-        shutil.copyfile(label_file, dst)
-        return
-    from volseg.fingerprint.case import semantic_label
-    from volseg.io.dataset import read_instances
-    from volseg.io.nifti import write_image
-
-    label, geometry = read_image(label_file)
-    write_image(dst, semantic_label(label, read_instances(instance_file)).astype(np.uint8), geometry)
 
 
 def validate_fold(model_dir: str | Path, fold: str, val_ids: list[str], device: str = "auto",

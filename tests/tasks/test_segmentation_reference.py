@@ -3,7 +3,7 @@ import json
 import numpy as np
 
 from volseg.io.nifti import Geometry, read_image, write_image
-from volseg.workflow.crossval import write_reference
+from volseg.tasks.segmentation import write_reference
 
 
 def test_reference_of_an_instance_map_is_its_class_map(tmp_path):
