@@ -29,17 +29,28 @@ def add_parser(sub) -> argparse.ArgumentParser:
     lw.add_argument("--lesion-wise", dest="lesion_wise", action="store_true", default=None,
                     help="add lesion-wise detection metrics")
     lw.add_argument("--no-lesion-wise", dest="lesion_wise", action="store_false", help="leave them out")
-    lw.add_argument("--connectivity", type=int, choices=(6, 18, 26), default=26,
-                    help="voxel connectivity of a lesion (default 26)")
+    lw.add_argument("--lesion-rule", choices=("anima", "dilated"), default="anima",
+                    help="lesion matching rule: anima (MSSEG-2, animaSegPerfAnalyzer; default) or dilated")
+    lw.add_argument("--connectivity", type=int, choices=(6, 18, 26), default=None,
+                    help="voxel connectivity of a lesion (default: the rule's, 6 for anima, 26 for dilated)")
     lw.add_argument("--min-lesion-mm3", type=float, default=3.0,
-                    help="ignore lesions smaller than this on both sides (default 3 mm³)")
+                    help="ignore small lesions on both sides (default 3 mm³): anima keeps those strictly "
+                    "larger, dilated those at least this large")
+    lw.add_argument("--alpha", type=float, default=0.10,
+                    help="anima: a lesion must be covered by strictly more than this fraction (default 0.10)")
+    lw.add_argument("--beta", type=float, default=0.70,
+                    help="anima: largest fraction of an examined lesion of the other side lying outside "
+                    "this side's lesions (default 0.70)")
+    lw.add_argument("--gamma", type=float, default=0.65,
+                    help="anima: the other side's lesions are examined, largest overlap first, until they "
+                    "make up this share of the overlap (default 0.65)")
     lw.add_argument("--min-overlap", type=float, default=0.10,
-                    help="fraction of a lesion the other side must cover (default 0.10)")
+                    help="dilated: fraction of a lesion the other side must cover (default 0.10)")
     lw.add_argument("--min-inside", type=float, default=0.50,
-                    help="fraction of the touching lesions of the other side that must lie inside the "
-                    "dilated foreground (default 0.50)")
+                    help="dilated: fraction of the touching lesions of the other side that must lie inside "
+                    "the dilated foreground (default 0.50)")
     lw.add_argument("--dilation-mm", type=float, default=1.0,
-                    help="dilation of the foreground for --min-inside, in mm (default 1.0)")
+                    help="dilated: dilation of the foreground for --min-inside, in mm (default 1.0)")
     p.add_argument("--worst", type=int, default=3, help="overlay figures of the N lowest-Dice cases per label "
                    "(default 3, 0: none)")
     p.add_argument("--images", metavar="DIR", help="images (CASE_0000.nii.gz) to show under the overlays")
@@ -82,8 +93,9 @@ def run(args: argparse.Namespace) -> int:
         raise VolsegError(None, "--ref is required unless --dataset is given")
     regions = dict(parse_region(r) for r in args.regions)
     try:
-        cfg = LesionConfig(args.connectivity, args.min_lesion_mm3, args.min_overlap, args.min_inside,
-                           args.dilation_mm)
+        cfg = LesionConfig(connectivity=args.connectivity, min_volume_mm3=args.min_lesion_mm3,
+                           min_overlap=args.min_overlap, min_inside=args.min_inside, dilation_mm=args.dilation_mm,
+                           rule=args.lesion_rule, alpha=args.alpha, beta=args.beta, gamma=args.gamma)
     except ValueError as e:
         raise VolsegError(None, str(e)) from None
     summary = evaluate_folders(args.pred, ref, args.out, dataset_dir=args.dataset, regions=regions,

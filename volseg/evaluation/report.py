@@ -12,7 +12,7 @@ from volseg.evaluation.case import METRICS
 from volseg.evaluation.lesions import detection_scores
 from volseg.io.atomic import write_json, write_text
 
-LESION_COLUMNS = tuple(detection_scores(0, 0, 0, 0, 0.0))
+LESION_COLUMNS = (*detection_scores(0, 0, 0, 0, 0.0), "count_error")
 
 
 def json_safe(obj):
@@ -49,9 +49,16 @@ def case_rows(cases: list[dict], lesion_wise: bool) -> tuple[list[str], list[lis
         for name, m in case["metrics"].items():
             row = [case["case"], case["status"], name, *(_cell(m[k]) for k in METRICS)]
             if lesion_wise:
-                row += [_cell(m.get("lesions", {}).get(c, "")) for c in LESION_COLUMNS]
+                row += [_cell(v) for v in _lesion_cells(m.get("lesions", {}))]
             rows.append(row + [case.get("error", "")])
     return header, rows
+
+
+def _lesion_cells(lesions: dict) -> list:
+    """The ``LESION_COLUMNS`` of one lesion record (``count_error`` from the counts when absent)."""
+    if lesions and "count_error" not in lesions:
+        lesions = {**lesions, "count_error": lesions["n_pred"] - lesions["n_ref"]}
+    return [lesions.get(c, "") for c in LESION_COLUMNS]
 
 
 def write_case_csv(path: str | os.PathLike, cases: list[dict], lesion_wise: bool) -> Path:

@@ -57,21 +57,51 @@ def summarize_label(per_case: list[dict], missing_predictions: int = 0) -> dict:
 def summarize_lesions(per_case: list[dict]) -> dict:
     """Pooled lesion detection over cases, per-case means, and false positives on lesion-free cases.
 
-    ``pooled`` sums lesion counts over all cases before dividing (every lesion weighs the
-    same); ``mean_per_case`` averages the per-case scores (every case weighs the same).
+    Args:
+        per_case: One lesion record per case (from :func:`~volseg.evaluation.lesions.lesion_metrics`).
+
+    Returns:
+        * ``pooled``: lesion counts summed over all cases before dividing (every lesion
+          weighs the same);
+        * ``per_case``: for ``f1``, ``sensitivity`` and ``precision``, the mean over the cases
+          where the value is defined (every case weighs the same) and ``cases``, how many
+          entered it; ``mean_per_case`` gives the same means alone (kept for older readers);
+        * ``lesion_free``: on the cases whose reference has no lesion: ``cases``, ``nFP_mean``
+          and ``nFP_total`` (predicted lesions, all false positives there) and ``VFP_mean_mm3``
+          (mean total volume of those false positives); NaN when there is no such case;
+        * ``count_error``: ``mean`` and ``mean_abs`` over the cases of ``n_pred - n_ref``;
+        * ``reference_empty_cases``: the lesion-free cases in the older layout.
     """
+    nan = float("nan")
     total = {k: sum(c[k] for c in per_case) for k in LESION_COUNTS}
     pooled = detection_scores(total["n_ref"], total["n_pred"], total["tp_ref"], total["tp_pred"],
                               total["fp_volume_mm3"])
+    means = {}
+    for m in ("f1", "sensitivity", "precision"):
+        s = stats(c[m] for c in per_case)
+        means[m] = {"mean": s["mean"], "cases": s["n"]}
     empty = [c for c in per_case if c["n_ref"] == 0]
+    errors = np.asarray([c["n_pred"] - c["n_ref"] for c in per_case], dtype=np.float64)
+    n_fp = [c["fp"] for c in empty]
     return {
         "pooled": pooled,
-        "mean_per_case": {m: stats(c[m] for c in per_case)["mean"] for m in ("sensitivity", "precision", "f1")},
+        "per_case": means,
+        "mean_per_case": {m: means[m]["mean"] for m in ("sensitivity", "precision", "f1")},
+        "lesion_free": {
+            "cases": len(empty),
+            "nFP_mean": float(np.mean(n_fp)) if empty else nan,
+            "nFP_total": int(sum(n_fp)) if empty else nan,
+            "VFP_mean_mm3": float(np.mean([c["fp_volume_mm3"] for c in empty])) if empty else nan,
+        },
+        "count_error": {
+            "mean": float(errors.mean()) if errors.size else nan,
+            "mean_abs": float(np.abs(errors).mean()) if errors.size else nan,
+        },
         "reference_empty_cases": {
             "cases": len(empty),
             "cases_with_fp": sum(c["fp"] > 0 for c in empty),
-            "fp_lesions": sum(c["fp"] for c in empty),
-            "fp_lesions_per_case": (sum(c["fp"] for c in empty) / len(empty)) if empty else float("nan"),
+            "fp_lesions": sum(n_fp),
+            "fp_lesions_per_case": (sum(n_fp) / len(empty)) if empty else nan,
             "fp_volume_mm3": float(sum(c["fp_volume_mm3"] for c in empty)),
         },
     }
