@@ -1,7 +1,8 @@
 """The main job on built-in demo data: demo data → plan → train → predict → evaluate, for each use.
 
-``ms``: two-timepoint FLAIR, labels stable / new / vanishing, a segmentation model scored on
-the held-out fold per label and for the regions "lesions at follow-up" and "all lesions".
+``ms``: two-timepoint FLAIR, labels stable / new / vanishing, a change model (the plan's task
+"longitudinal") scored on the held-out fold and on 8 unseen test cases per label and for the
+regions "lesions at follow-up" and "all lesions", lesion by lesion with the MSSEG-2 rule.
 ``lung``: chest CT with nodules, a Retina U-Net detector (the plan's task "detection")
 trained from the instance maps, its boxes on the unseen test cases scored by LUNA16 FROC
 and CPM. ``--dataset all`` (the default) runs both, MS first.
@@ -39,16 +40,17 @@ def stage(name: str, timings: dict):
 
 
 def run_ms(args, out: Path, timings: dict) -> dict:
-    """The MS segmentation job; returns the held-out fold's evaluation summary."""
+    """The MS change job; returns the evaluation summaries of the held-out fold and of the test cases."""
     import volseg
+    from volseg.demo import generate_ms_dataset
     from volseg.planning.summary import plan_table
 
     data, plan_dir = out / "data" / "ms_demo", out / "plan_ms"
     with stage("ms: demo data", timings):
-        volseg.demo_data("ms", data, num_cases=args.cases, seed=args.seed)
+        generate_ms_dataset(data, num_cases=args.cases, num_test=args.ms_test, seed=args.seed)
     with stage("ms: plan", timings):
         print(plan_table(volseg.plan(data, plan_dir, device="cpu")))
-    with stage("ms: train", timings):  # ends with the sliding-window validation of the held-out fold
+    with stage("ms: train", timings):  # ends with the held-out fold predicted and the lesion matching fitted
         fold_dir = volseg.train(plan_dir, fold=0, epochs=args.epochs, iterations=args.iters,
                                 time_limit_minutes=args.train_minutes or None)
     with stage("ms: predict", timings):
@@ -56,8 +58,11 @@ def run_ms(args, out: Path, timings: dict) -> dict:
     with stage("ms: evaluate", timings):
         validation = fold_dir / "validation"
         regions = {"followup_lesions": (1, 2), "all_lesions": (1, 2, 3)}
-        return volseg.evaluate(validation, validation / "reference", out / "evaluation_ms", dataset_dir=data,
-                               images_dir=data / "imagesTr", regions=regions, lesion_wise=True)
+        held_out = volseg.evaluate(validation, validation / "reference", out / "evaluation_ms" / "held_out",
+                                   dataset_dir=data, images_dir=data / "imagesTr", regions=regions, lesion_wise=True)
+        test = volseg.evaluate(out / "predictions_ms", data / "labelsTs", out / "evaluation_ms" / "test",
+                               dataset_dir=data, images_dir=data / "imagesTs", regions=regions, lesion_wise=True)
+    return {"held-out fold": held_out, "test cases": test}
 
 
 def run_lung(args, out: Path, timings: dict) -> dict:
@@ -93,6 +98,7 @@ def main() -> int:
     ap.add_argument("--dataset", choices=["all", "ms", "lung"], default="all",
                     help="which demo: MS segmentation, lung nodule detection, or both (default)")
     ap.add_argument("--cases", type=int, default=12, help="training cases of the MS demo (default 12)")
+    ap.add_argument("--ms-test", type=int, default=8, help="labelled test cases of the MS demo (default 8)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--epochs", type=int, default=18,
                     help="MS training epochs (default 18, a fixed budget of 360 iterations, so the scores do not "
@@ -115,16 +121,25 @@ def main() -> int:
     return 0
 
 
+def _num(value) -> str:
+    return "–" if value is None or value != value else f"{value:.2f}"
+
+
 def print_results(ms: dict | None, lung: dict | None, timings: dict, out: Path) -> None:
     """Dice per class and lesion-wise F1 (MS), CPM and FROC points (lung), time per stage."""
     if ms is not None:
-        print("\n== MS lesions: held-out fold ==")
-        print(f"{'label':<22}{'Dice':>8}{'lesion F1':>11}")
-        for name, rec in ms["labels"].items():
-            dice = rec["stats"]["dice"]["mean"]
-            f1 = rec.get("lesions", {}).get("pooled", {}).get("f1", float("nan"))
-            f1 = float("nan") if f1 is None else f1
-            print(f"{name:<22}{dice:>8.3f}{f1:>11.3f}")
+        for part, summary in ms.items():
+            cases = summary["counts"]["evaluated"]
+            print(f"\n== MS lesions: {part} ({cases} cases; lesion-wise: MSSEG-2 matching) ==")
+            print(f"{'label':<20}{'Dice':>7}{'F1':>7}{'sens':>7}{'PPV':>7}{'nFP*':>7}")
+            for name, rec in summary["labels"].items():
+                les = rec.get("lesions", {})
+                pooled = les.get("pooled", {})
+                free = les.get("lesion_free") or {}
+                cells = [rec["stats"]["dice"]["mean"], pooled.get("f1"), pooled.get("sensitivity"),
+                         pooled.get("precision"), free.get("nFP_mean")]
+                print(f"{name:<20}" + "".join(f"{_num(v):>7}" for v in cells))
+        print("* nFP: mean number of false-positive lesions on the cases without a lesion of that kind")
     if lung is not None:
         print(f"\n== lung nodules: {lung['counts']['scans']} test scans, {lung['counts']['nodules']} nodules ==")
         lo, hi = lung["cpm_ci"]

@@ -15,7 +15,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("kind", choices=["lung", "ms"], help="which dataset")
     p.add_argument("--out", required=True, help="dataset folder to write")
     p.add_argument("--cases", type=int, default=12, help="labelled training cases (default 12)")
-    p.add_argument("--test-cases", type=int, help="unlabelled cases in imagesTs (default cases // 5, at least 1)")
+    p.add_argument("--test-cases", type=int, help="test cases in imagesTs, their references in labelsTs (default cases // 5, at least 1)")
     p.add_argument("--seed", type=int, default=0, help="dataset seed (default 0)")
     p.add_argument("--phantom", action="store_true", help="ms: use the parametric brain even if nilearn is installed")
     return p

@@ -186,7 +186,8 @@ def make_loader(cases: Sequence[Case], patch_size: Sequence[int], batch_size: in
                 deep_supervision_scales: Sequence[Sequence[float]] | None = None, *,
                 targets=None, training: bool = True, foreground_oversampling: float = 0.33, num_workers: int = 2,
                 seed: int = 0, rank: int = 0, world_size: int = 1, pin_memory: bool = False,
-                num_cached: int = 3, random_offset: bool = False) -> BatchLoader:
+                num_cached: int = 3, random_offset: bool = False,
+                class_weights: dict[int, float] | None = None) -> BatchLoader:
     """A training or validation batch loader.
 
     Args:
@@ -209,6 +210,7 @@ def make_loader(cases: Sequence[Case], patch_size: Sequence[int], batch_size: in
         num_cached: Batches buffered per worker.
         random_offset: Forced samples put their object anywhere in the middle of the patch
             (:class:`~volseg.data.sampling.PatchSampler`).
+        class_weights: Odds of each label value for forced samples (``PatchSampler``).
 
     Returns:
         A :class:`BatchLoader` yielding ``{"data": float32 (b, C, pz, py, px), "target":
@@ -224,7 +226,8 @@ def make_loader(cases: Sequence[Case], patch_size: Sequence[int], batch_size: in
     params = augmentation if training else None
     # the spatial transform reads only what its grid covers, so the sampler needs no enlarged window
     sampler = PatchSampler(cases, patch_size, batch_size, None, foreground_oversampling,
-                           seed=seed, rank=rank, world_size=world_size, random_offset=random_offset)
+                           seed=seed, rank=rank, world_size=world_size, random_offset=random_offset,
+                           class_weights=class_weights)
     transform = build_transforms(params, patch_size, deep_supervision_scales, is_training=params is not None,
                                  to_torch=False, targets=targets)
     seeds = [_worker_seed(seed, rank, w, training) for w in range(max(num_workers, 1))]

@@ -127,6 +127,9 @@ class PatchSampler:
         random_offset: A forced sample puts the chosen voxel anywhere in the middle half of the
             patch (per axis) instead of at its centre, so that objects are seen at every position
             (detection: a random instance, then a random offset).
+        class_weights: Relative odds of each label value when a forced sample picks one of the
+            values present in the case (absent values count 1); default uniform. E.g.
+            ``{1: 1, 2: 2, 3: 2}`` oversamples new and vanishing lesions of a change dataset.
 
     Example:
         >>> sampler = PatchSampler(cases, (64, 64, 64), batch_size=2, sample_size=(90, 90, 90))
@@ -135,7 +138,8 @@ class PatchSampler:
 
     def __init__(self, cases: Sequence[Case], patch_size: Sequence[int], batch_size: int,
                  sample_size: Sequence[int] | None = None, foreground_oversampling: float = 0.33,
-                 seed: int = 0, rank: int = 0, world_size: int = 1, random_offset: bool = False) -> None:
+                 seed: int = 0, rank: int = 0, world_size: int = 1, random_offset: bool = False,
+                 class_weights: dict[int, float] | None = None) -> None:
         if not cases:
             raise ValueError("PatchSampler needs at least one case")
         if not 0 <= rank < world_size:
@@ -155,6 +159,9 @@ class PatchSampler:
         self.foreground_oversampling = foreground_oversampling
         self.seed, self.rank, self.world_size = int(seed), int(rank), int(world_size)
         self.random_offset = bool(random_offset)
+        self.class_weights = None if not class_weights else {int(k): float(v) for k, v in class_weights.items()}
+        if self.class_weights and min(self.class_weights.values()) <= 0:
+            raise ValueError(f"class_weights must be positive, got {class_weights}")
         self.set_stream(0)
 
     @property
@@ -183,7 +190,11 @@ class PatchSampler:
         hi = np.maximum(lo, shape - self.patch_size)
         if force_foreground and case.class_locations:
             values = sorted(case.class_locations)
-            value = values[self.rng.integers(len(values))]
+            if self.class_weights:
+                odds = np.array([self.class_weights.get(int(v), 1.0) for v in values])
+                value = values[self.rng.choice(len(values), p=odds / odds.sum())]
+            else:
+                value = values[self.rng.integers(len(values))]
             locs = case.class_locations[value]
             voxel = locs[self.rng.integers(len(locs))]
             if self.random_offset:

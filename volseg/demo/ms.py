@@ -153,7 +153,7 @@ def generate_ms_dataset(out_dir: str | os.PathLike, num_cases: int = 12, seed: i
         num_cases: Labelled training cases in ``imagesTr``/``labelsTr``.
         seed: Case ``i`` is generated from ``(seed, i)``, independent of ``num_cases``.
         use_template: See :func:`anatomy`.
-        num_test: Unlabelled cases in ``imagesTs`` (default ``max(1, num_cases // 5)``).
+        num_test: Test cases in ``imagesTs``, their labels in ``labelsTs`` (default ``max(1, num_cases // 5)``).
 
     Returns:
         ``out_dir``.
@@ -172,8 +172,7 @@ def generate_ms_dataset(out_dir: str | os.PathLike, num_cases: int = 12, seed: i
         folder = out / ("imagesTr" if train else "imagesTs")
         write_image(folder / f"{case}_0000.nii.gz", base, geom)
         write_image(folder / f"{case}_0001.nii.gz", follow, geom)
-        if train:
-            write_image(out / "labelsTr" / f"{case}.nii.gz", label, geom)
+        write_image(out / ("labelsTr" if train else "labelsTs") / f"{case}.nii.gz", label, geom)
     write_dataset_json(out, {
         "name": "MSDemo", "description": "synthetic two-timepoint FLAIR with stable, new and vanishing lesions",
         "channel_names": {"0": "FLAIR", "1": "FLAIR"}, "timepoints": {"0": "baseline", "1": "followup"},

@@ -70,7 +70,10 @@ def plan_experiment(fingerprint: dict, memory_gb: float = 8.0, device: str = "cu
     """
     ds = fingerprint["dataset"]
     n_in = len(ds["channel_names"])
-    outputs = determine_outputs(ds["labels"])
+    from volseg.tasks import task_class
+
+    task = determine_task(ds["task"])
+    outputs = task_class(task).plan_outputs(ds["labels"])
     n_out = outputs["num_outputs"]
     spacing, aniso = determine_target_spacing(fingerprint["median_spacing"], fingerprint["spacing_percentiles"]["p10"],
                                               fingerprint["median_shape_after_crop"])
@@ -85,9 +88,6 @@ def plan_experiment(fingerprint: dict, memory_gb: float = 8.0, device: str = "cu
     if coverage < LOWRES_MIN_COVERAGE:
         configs["3d_lowres"] = _lowres_configuration(fingerprint, spacing, fits_cuda, memory_gb, n_in, n_out, n_cases)
     configs["3d_cpu"] = _cpu_configuration(fingerprint, spacing, cpu_gflop, cpu_memory_gb, n_in, n_out)
-    from volseg.tasks import task_class
-
-    task = determine_task(ds["task"])
     configs = {name: task_class(task).configure(fingerprint, cfg) for name, cfg in configs.items()}
     return {
         "format": PLANS_FORMAT,

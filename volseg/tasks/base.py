@@ -7,11 +7,12 @@ plan's ``task`` key in an explicit registry (:func:`register_task`, :func:`list_
 
 Life of a task in the pipeline::
 
-    plan     Task.configure(fingerprint, config)       planner additions (anchors, levels, ...)
+    plan     Task.plan_outputs(labels)                  what the network predicts (the plan's outputs)
+             Task.configure(fingerprint, config)       planner additions (anchors, levels, ...)
     train    task.prepare(config)                      bind the configuration (also before predicting)
              task.build_network(config)                the network of a configuration
              task.loader_options(config)               label maps to read, placement of foreground samples
-             task.targets(config)                      augmented patch → training targets (in the workers)
+             task.targets(config, training)            augmented patch → training targets (in the workers)
              task.loss(config)(outputs, targets)       {"term": scalar}; the loop sums and logs them
              task.batch_stats(outputs, targets)        summable statistics of a validation batch
              task.score(stats)                         the number that drives the EMA and the best checkpoint
@@ -20,7 +21,8 @@ Life of a task in the pipeline::
              task.postprocess(prediction, calibration) calibrated rules (post-processing, thresholds)
              task.export(prediction, ...)              NIfTI, boxes JSON / CSV, lesion tables
              task.finish_folder(out_dir, case_ids)     files gathering every case (candidates.csv)
-    validate task.evaluate_validation(...)             held-out cases scored against the dataset's references
+    validate task.validation_options()                 predict options of the held-out cases
+             task.evaluate_validation(...)             held-out cases scored against the dataset's references
              task.calibrators()                        fitted on held-out predictions, written to MODEL/<name>.json
 """
 
@@ -102,6 +104,9 @@ class CasePrediction:
         probabilities: fp16 (K, Z, Y, X) or None.
         entropy: fp16 (Z, Y, X) predictive entropy in nats, or None.
         boxes: Task-specific box records (detection), or None.
+        lesions: Task-specific lesion records (change detection: one dict per lesion), or None.
+        maps: Task-specific arrays that post-processing needs but export does not write unless
+            asked (change detection: ``"regions"``, the fp16 (4, Z, Y, X) sigmoid maps).
         seconds: Timings of the stages, seconds.
     """
 
@@ -109,6 +114,8 @@ class CasePrediction:
     probabilities: np.ndarray | None = None
     entropy: np.ndarray | None = None
     boxes: dict | None = None
+    lesions: list | None = None
+    maps: dict = field(default_factory=dict)
     seconds: dict = field(default_factory=dict)
 
 
@@ -117,6 +124,10 @@ class Task(Protocol):
 
     name: str
     score_name: str  # what :meth:`score` measures, for logs (e.g. "pseudo-Dice")
+
+    @classmethod
+    def plan_outputs(cls, labels: dict) -> dict:
+        """The plan's ``outputs`` (softmax classes or sigmoid regions) for ``dataset.json``'s labels."""
 
     @classmethod
     def configure(cls, fingerprint: dict, config: dict) -> dict:
@@ -128,11 +139,13 @@ class Task(Protocol):
     def build_network(self, config: dict) -> torch.nn.Module: ...
 
     def loader_options(self, config: dict) -> dict:
-        """``{"labels": "classes" | "instances", "random_offset": bool}``: which label map the
+        """``{"labels": "classes" | "instances", "random_offset": bool}`` and optionally
+        ``"class_weights"`` (odds per label value of forced samples): which label map the
         training loader reads and how forced foreground samples are placed."""
 
-    def targets(self, config: dict) -> Callable[..., dict]:
-        """A batchgenerators transform turning the augmented ``seg`` of a batch into ``target``."""
+    def targets(self, config: dict, training: bool = True) -> Callable[..., dict]:
+        """A batchgenerators transform turning the augmented ``seg`` of a batch into ``target``
+        (``training``: for the training loader, which may add task-specific augmentation first)."""
 
     def loss(self, config: dict) -> Callable[[Any, Any], dict[str, torch.Tensor]]: ...
 
@@ -155,6 +168,9 @@ class Task(Protocol):
 
     def finish_folder(self, out_dir: Path, case_ids: list[str]) -> None:
         """After every case of a folder is exported: files that gather all cases (e.g. ``candidates.csv``)."""
+
+    def validation_options(self) -> dict:
+        """Extra ``PredictOptions`` for the held-out predictions (e.g. keep probabilities to calibrate on)."""
 
     def evaluate_validation(self, pred_dir: Path, dataset_root: Path, case_ids: list[str]) -> dict:
         """Score held-out predictions against the dataset's references (written to ``pred_dir/reference``)."""

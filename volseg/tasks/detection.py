@@ -89,7 +89,7 @@ class DetectionTask(SegmentationTask):
         """Training reads the instance maps; a forced sample puts its instance anywhere mid-patch."""
         return {"labels": "instances", "random_offset": True}
 
-    def targets(self, config: dict):
+    def targets(self, config: dict, training: bool = True):
         from batchgenerators.transforms.abstract_transforms import Compose
 
         from volseg.detection.targets import DetectionTargets

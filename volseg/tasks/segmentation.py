@@ -107,6 +107,13 @@ class SegmentationTask:
         self.regions = self.outputs.get("regions")
 
     @classmethod
+    def plan_outputs(cls, labels: dict) -> dict:
+        """Softmax over the label values, or one sigmoid per region when ``labels`` has regions."""
+        from volseg.planning.planner import determine_outputs
+
+        return determine_outputs(labels)
+
+    @classmethod
     def configure(cls, fingerprint: dict, config: dict) -> dict:
         """Segmentation adds nothing to the planner's configuration."""
         return config
@@ -124,7 +131,7 @@ class SegmentationTask:
         """Training reads the class label maps; forced samples are centred on their voxel."""
         return {"labels": "classes", "random_offset": False}
 
-    def targets(self, config: dict):
+    def targets(self, config: dict, training: bool = True):
         """Label map → one nearest-neighbour target per deep-supervision output (or one target)."""
         from volseg.data.augmentation import DeepSupervisionTargets
 
@@ -172,20 +179,24 @@ class SegmentationTask:
 
     def restore(self, result, props: dict, geometry, options) -> CasePrediction:
         """Resample (when needed), finalize and un-crop the stitched result onto the input grid."""
+        lab, p, ent = self.dense_on_input_grid(result, props, geometry, options, options.save_probabilities)
+        return CasePrediction(labels=lab, probabilities=p, entropy=ent)
+
+    def dense_on_input_grid(self, result, props: dict, geometry, options, keep_probabilities: bool):
+        """``(labels uint8, probabilities fp16 (K, ...) or None, entropy fp16 or None)`` on the input grid."""
         from volseg.inference.restore import dense_to_input_grid, regions_to_labels, resample_and_finalize
 
         if result.logits is None:
             labels, probs, entropy = result.labels, result.probabilities, result.entropy
         else:
             fin = resample_and_finalize(result.logits, props["shape_after_crop"], mode=self.mode,
-                                        return_probabilities=options.save_probabilities or self.mode == "sigmoid",
+                                        return_probabilities=keep_probabilities or self.mode == "sigmoid",
                                         return_uncertainty=options.save_uncertainty, backend=options.backend)
             labels, probs, entropy = fin.labels, fin.probabilities, fin.entropy
         if self.mode == "sigmoid":
             labels = regions_to_labels(probs.float(), self.regions)
-        lab, p, ent = dense_to_input_grid(labels, probs if options.save_probabilities else None, entropy, props,
-                                          geometry.shape, self.outputs)
-        return CasePrediction(labels=lab, probabilities=p, entropy=ent)
+        return dense_to_input_grid(labels, probs if keep_probabilities else None, entropy, props, geometry.shape,
+                                   self.outputs)
 
     def postprocess(self, prediction: CasePrediction, calibration: dict, spacing: Sequence[float]) -> CasePrediction:
         for calibrator in self.calibrators():
@@ -204,6 +215,10 @@ class SegmentationTask:
 
     def finish_folder(self, out_dir: Path, case_ids: list[str]) -> None:
         """Nothing to gather: every case's files are complete on their own."""
+
+    def validation_options(self) -> dict:
+        """Held-out cases are predicted with the defaults."""
+        return {}
 
     def evaluate_validation(self, pred_dir: Path, dataset_root: Path, case_ids: list[str]) -> dict:
         """Score the held-out predictions in ``pred_dir`` against the dataset's label maps (copied, or

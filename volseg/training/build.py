@@ -41,17 +41,18 @@ def build_parts(plans: dict, config: dict, preprocessed: Path, train_ids: list[s
     network = build_network(task, config, ctx)
     optimizer = build_optimizer(config, network)
     data = task.loader_options(config)
-    common = dict(patch_size=config["patch_size"], batch_size=config["batch_size"], targets=task.targets(config),
+    common = dict(patch_size=config["patch_size"], batch_size=config["batch_size"],
                   foreground_oversampling=config["training"].get("foreground_oversampling", 0.33),
                   rank=ctx.rank, world_size=ctx.world_size, pin_memory=ctx.device.type == "cuda",
-                  random_offset=data["random_offset"])
+                  random_offset=data["random_offset"], class_weights=data.get("class_weights"))
     train_loader = make_loader(load_cases(preprocessed, train_ids, data["labels"]),
                                augmentation=config["augmentation"], training=True, num_workers=num_workers,
-                               seed=seed, **common)
+                               seed=seed, targets=task.targets(config, training=True), **common)
     val_loader = None
     if val_ids:
         val_loader = make_loader(load_cases(preprocessed, val_ids, data["labels"]), augmentation=None, training=False,
-                                 num_workers=min(num_workers, 1), seed=seed + 7919, **common)
+                                 num_workers=min(num_workers, 1), seed=seed + 7919,
+                                 targets=task.targets(config, training=False), **common)
 
     def close() -> None:
         train_loader.close()

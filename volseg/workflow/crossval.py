@@ -62,7 +62,8 @@ def validate_fold(model_dir: str | Path, fold: str, val_ids: list[str], device: 
     model = load_model(model_dir, [fold], "final", resolve_device(device))
     ending = model.plans["dataset"].get("file_ending", ".nii.gz")
     images = [p for c in val_ids for p in sorted((root / "imagesTr").glob(f"{c}_[0-9][0-9][0-9][0-9]{ending}"))]
-    predict_folder(images, out, model, PredictOptions(device=device, postprocess=False), progress=progress)
+    options = PredictOptions(device=device, postprocess=False, **model.task.validation_options())
+    predict_folder(images, out, model, options, progress=progress)
     summary = model.task.evaluate_validation(out, root, list(val_ids))
     log.info("fold %s validation: %s", fold, {k: summary[k] for k in ("foreground_mean", "cpm") if k in summary})
     return summary
