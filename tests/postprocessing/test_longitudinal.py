@@ -104,3 +104,14 @@ def test_lesion_table_centres_are_world_millimetres_on_a_rotated_volume(tmp_path
     write_lesion_table(path, lesions, geometry)
     rows = list(csv.DictReader(open(path)))
     assert rows[0]["type"] == "new" and float(rows[0]["centre_x_mm"]) == pytest.approx(expected[0], abs=1e-3)
+
+
+def test_change_heads_keep_a_vanished_lesion_that_the_follow_up_map_half_sees():
+    shape = (12, 12, 12)
+    lesion = _box(shape, (3, 3, 3), (7, 7, 7))
+    probs = _probs(lesion, np.zeros(shape, bool), vanishing=lesion)
+    probs[1][3:5, 3:7, 3:7] = 0.6  # misregistration: the follow-up map still sees half of it
+    _, plain = classify_lesions(probs, SPACING, MatchingParams(change_heads=False))
+    assert [r["type"] for r in plain] == ["stable"]
+    _, heads = classify_lesions(probs, SPACING, MatchingParams(change_heads=True))
+    assert [r["type"] for r in heads] == ["vanishing"]

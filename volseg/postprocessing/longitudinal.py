@@ -4,7 +4,10 @@ Input: the longitudinal network's four sigmoid maps on one grid, in the order of
 :data:`HEADS`: lesions at baseline, lesions at follow-up, new lesions, vanishing lesions.
 
 1. Threshold: follow-up lesion mask ``F = (p_followup > t) ∪ (p_new > t)`` (a new lesion is a
-   follow-up lesion), baseline mask ``B = (p_baseline > t) ∪ (p_vanishing > t)``.
+   follow-up lesion), baseline mask ``B = (p_baseline > t) ∪ (p_vanishing > t)``. With
+   ``change_heads``, the change maps also remove voxels: ``F ∖ (p_vanishing > t)`` and
+   ``B ∖ (p_new > t)`` (a vanished lesion is no follow-up lesion, even where the follow-up
+   map still sees some of it after misregistration).
 2. Connected components of ``F`` and of ``B`` (``connectivity``); components smaller than
    ``min_volume_mm3`` are dropped.
 3. Matching: a follow-up component ``C`` and a baseline component ``D`` are the same lesion
@@ -43,12 +46,14 @@ class MatchingParams:
         min_match: Overlap, as a share of the smaller component, that makes two components
             at different timepoints one lesion.
         connectivity: 6, 18 or 26.
+        change_heads: Let the new / vanishing maps remove voxels from the other timepoint's mask.
     """
 
     threshold: float = 0.5
     min_volume_mm3: float = 0.0
     min_match: float = 0.1
     connectivity: int = 6
+    change_heads: bool = True
 
     def __post_init__(self) -> None:
         if not 0.0 < self.threshold < 1.0 or not 0.0 < self.min_match <= 1.0 or self.min_volume_mm3 < 0:
@@ -60,7 +65,8 @@ class MatchingParams:
     @classmethod
     def from_dict(cls, d: dict | None) -> "MatchingParams":
         d = d or {}
-        return cls(**{k: d[k] for k in ("threshold", "min_volume_mm3", "min_match", "connectivity") if k in d})
+        return cls(**{k: d[k] for k in ("threshold", "min_volume_mm3", "min_match", "connectivity", "change_heads")
+                      if k in d})
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -133,6 +139,8 @@ def classify_lesions(probs: np.ndarray, spacing: Sequence[float],
     t = params.threshold
     fu_mask = (probs[1] > t) | (probs[2] > t)
     bl_mask = (probs[0] > t) | (probs[3] > t)
+    if params.change_heads:
+        fu_mask, bl_mask = fu_mask & ~(probs[3] > t), bl_mask & ~(probs[2] > t)
     fu, n_fu = _components(fu_mask, spacing, params)
     bl, n_bl = _components(bl_mask, spacing, params)
     g_fu, g_bl = _groups(fu, n_fu, bl, n_bl, params.min_match)

@@ -91,7 +91,8 @@ def default_settings(fingerprint: dict) -> dict:
                          "lesion_paste": {"p": 0.3, "p_new": 0.5, "min_voxels": 4},
                          "misregistration": {"p": 0.3, "max_shift_voxels": 1.0, "max_rotation_deg": 1.5}},
         "class_weights": {str(stable): 1.0, str(new): 2.0, str(vanishing): 2.0},
-        "matching": {"threshold": 0.5, "min_volume_mm3": 0.0, "min_match": 0.1, "connectivity": 6},
+        "matching": {"threshold": 0.5, "min_volume_mm3": 0.0, "min_match": 0.1, "connectivity": 6,
+                     "change_heads": True},
     }
 
 
@@ -143,7 +144,7 @@ class LesionMatching:
 
     name = "lesion_matching"
     GRID = {"threshold": [0.3, 0.4, 0.5, 0.6], "min_volume_mm3": [0.0, 10.0, 20.0, 40.0],
-            "min_match": [0.05, 0.1, 0.25, 0.5]}
+            "min_match": [0.05, 0.1, 0.25, 0.5], "change_heads": [False, True]}
 
     def __init__(self, plans: dict, defaults: dict) -> None:
         self.plans, self.defaults = plans, defaults
@@ -176,8 +177,8 @@ class LesionMatching:
         kinds = {"new": (new,), "vanishing": (vanishing,), "all": (stable, new, vanishing)}
         best, best_score, table = None, -1.0, []
         base = MatchingParams.from_dict(self.defaults)
-        for t, vol, match in itertools.product(*self.GRID.values()):
-            params = MatchingParams(t, vol, match, base.connectivity)
+        for t, vol, match, heads in itertools.product(*self.GRID.values()):
+            params = MatchingParams(t, vol, match, base.connectivity, heads)
             sums = {k: np.zeros(4) for k in kinds}
             for probs, ref, spacing in cases:
                 labels, _ = classify_lesions(probs, spacing, params)
