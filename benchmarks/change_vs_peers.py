@@ -8,6 +8,8 @@ lesion matching (anima's rule):
 - ``longitudinal``: volseg's change model as planned (``fusion`` "difference"), and at
   ``--budgets`` multiples of the budget (the learning curve);
 - ``siamese``, ``concat``: the same model with the other input fusions;
+- ``no-change-aug`` (only when listed): the longitudinal model without timepoint swap,
+  lesion paste and misregistration, to see what they add;
 - ``4-class``: the same dataset planned as plain segmentation (softmax over background,
   stable, new, vanishing on the stacked channels), as volseg trained it before the task existed;
 - ``nnU-Net``: nnU-Net v2's ``3d_fullres`` on the stacked channels, its plan edited to the
@@ -43,7 +45,7 @@ from plan_vs_nnunet import DEFAULT_PEER  # noqa: E402
 
 CONFIG = "3d_cpu"
 REGIONS = {"followup_lesions": (1, 2), "all_lesions": (1, 2, 3)}
-VARIANTS = ("longitudinal", "siamese", "concat", "4-class", "nnU-Net")
+VARIANTS = ("longitudinal", "siamese", "concat", "4-class", "nnU-Net", "no-change-aug")
 
 
 def cpu_name() -> str:
@@ -75,7 +77,8 @@ def evaluate(pred: Path, dataset: Path, out: Path) -> dict:
                            plots=False)
 
 
-def volseg_model(name: str, dataset: Path, work: Path, epochs: int, iters: int, fusion: str | None) -> dict:
+def volseg_model(name: str, dataset: Path, work: Path, epochs: int, iters: int, fusion: str | None,
+                 change_aug: bool = True) -> dict:
     """Plan, train fold 0, predict the test cases, evaluate; returns scores and times."""
     import volseg
     from volseg.planning.plans import save_plans
@@ -86,6 +89,9 @@ def volseg_model(name: str, dataset: Path, work: Path, epochs: int, iters: int, 
     plans = volseg.plan(dataset, root / "plan", device="cpu", progress=False)
     if fusion is not None:
         plans["configurations"][CONFIG]["longitudinal"]["fusion"] = fusion
+        if not change_aug:
+            for aug in plans["configurations"][CONFIG]["longitudinal"]["augmentation"].values():
+                aug["p"] = 0.0
         save_plans(plans, root / "plan" / "plans.json")
     t1 = time.perf_counter()
     fold = volseg.train(root / "plan", fold=0, epochs=epochs, iterations=iters, progress=False)
@@ -149,7 +155,7 @@ def table(rows: dict[str, dict]) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--work", type=Path, help="working folder (default: a temporary one)")
-    ap.add_argument("--variants", default=",".join(VARIANTS), help=f"comma list of {', '.join(VARIANTS)}")
+    ap.add_argument("--variants", default=",".join(VARIANTS[:5]), help=f"comma list of {', '.join(VARIANTS)}")
     ap.add_argument("--budgets", default="1,2,4", help="multiples of the budget for the longitudinal model")
     ap.add_argument("--epochs", type=int, default=18)
     ap.add_argument("--iters", type=int, default=20)
@@ -186,6 +192,9 @@ def main() -> None:
     for fusion in ("siamese", "concat"):
         if fusion in variants:
             record(fusion, volseg_model(fusion, dataset, work, args.epochs, args.iters, fusion))
+    if "no-change-aug" in variants:
+        record("no change augmentation", volseg_model("no_change_aug", dataset, work, args.epochs, args.iters,
+                                                      "difference", change_aug=False))
     four = None
     if "4-class" in variants or "nnU-Net" in variants:
         seg = segmentation_copy(dataset, work / "Dataset502_VolsegDemoSeg")

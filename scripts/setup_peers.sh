@@ -9,6 +9,10 @@ if [ ! -x "$PEERS/nnunet/bin/python" ]; then
     python3 -m venv "$PEERS/nnunet"
 fi
 "$PEERS/nnunet/bin/python" -m pip install --quiet --upgrade pip
-"$PEERS/nnunet/bin/python" -c "import torch" 2>/dev/null || "$PEERS/nnunet/bin/python" -m pip install --quiet "torch==2.13.0"
-"$PEERS/nnunet/bin/python" -m pip install --quiet nnunetv2
+# the same torch as volseg's environment, also against dependencies that would pull a newer
+# (CUDA) build: a constraints file pins it for the whole resolution
+CONSTRAINTS="$PEERS/nnunet/constraints.txt"
+echo "torch==2.13.0" > "$CONSTRAINTS"
+"$PEERS/nnunet/bin/python" -m pip install --quiet -c "$CONSTRAINTS" "torch==2.13.0" nnunetv2
+"$PEERS/nnunet/bin/python" -c "import torch, sys; v = torch.__version__; print('peer torch', v); sys.exit(not v.startswith('2.13.0'))"
 echo "nnU-Net v2 ready: $PEERS/nnunet/bin/python"

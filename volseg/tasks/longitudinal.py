@@ -302,5 +302,6 @@ class LongitudinalTask(SegmentationTask):
         return [table, *super().export(out_dir, case_id, ending, geometry, prediction)]
 
     def calibrators(self) -> list[LesionMatching]:
-        return [LesionMatching(self.plans, self.config["longitudinal"]["matching"]
-                               if hasattr(self, "config") else {})]
+        """The lesion matching, from the bound configuration's defaults (the plan's default one before binding)."""
+        config = self.config or self.plans["configurations"][self.plans["default_configuration"]]
+        return [LesionMatching(self.plans, config["longitudinal"]["matching"])]

@@ -105,6 +105,7 @@ class SegmentationTask:
         self.outputs = plans["outputs"]
         self.mode = self.outputs["mode"]
         self.regions = self.outputs.get("regions")
+        self.config: dict | None = None  # bound by prepare()
 
     @classmethod
     def plan_outputs(cls, labels: dict) -> dict:
