@@ -96,3 +96,16 @@ def test_train_and_predict_write_labels_and_lesion_tables(ms_plan, tmp_path, fus
     for r in rows:
         value = {"stable": 1, "new": 2, "vanishing": 3}[r["type"]]
         assert (labels == value).any()
+
+
+def test_sigmoid_heads_start_at_the_plan_prior():
+    from volseg.networks.longitudinal import DifferenceInput
+    from volseg.networks.unet import UNet
+    from volseg.tasks.longitudinal import set_output_prior
+
+    net = DifferenceInput(UNet(in_channels=3, num_outputs=4, features_per_stage=[4, 8], kernel_sizes=[[3, 3, 3]] * 2,
+                               strides=[[1, 1, 1], [2, 2, 2]], n_conv_per_stage=[1, 1], n_conv_per_stage_decoder=[1]),
+                          [0], [1])
+    set_output_prior(net, 0.01)
+    for layer in net.net.decoder.seg_layers:
+        torch.testing.assert_close(torch.sigmoid(layer.bias), torch.full_like(layer.bias, 0.01))

@@ -88,6 +88,6 @@ def calibrate(model_dir: str | Path) -> dict[str, dict]:
             continue
         write_json(model_dir / f"{calibrator.name}.json", params)
         fitted[calibrator.name] = params
-        log.info("%s fitted on %d validated fold(s): %s", calibrator.name, len(folders),
-                 params.get("rules", params))
+        shown = params.get("rules", {k: v for k, v in params.items() if k not in ("table", "grid")})
+        log.info("%s fitted on %d validated fold(s): %s", calibrator.name, len(folders), shown)
     return fitted
