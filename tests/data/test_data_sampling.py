@@ -145,3 +145,18 @@ def test_random_offset_places_the_forced_voxel_anywhere_in_the_middle_half():
         offsets.append({tuple(32 - sampler.draw_location(_Case(), True)[0]) for _ in range(50)})
     assert offsets[0] == {(8, 8, 8)}
     assert len(offsets[1]) > 10 and all(4 <= v < 12 for o in offsets[1] for v in o)
+
+
+def test_class_weights_set_the_odds_of_forced_samples():
+    from types import SimpleNamespace
+
+    case = SimpleNamespace(shape=(32, 32, 32), class_locations={1: np.array([[4, 4, 4]]), 2: np.array([[20, 20, 20]])})
+    stub = SimpleNamespace(num_channels=1)
+    sampler = PatchSampler([stub], (8, 8, 8), batch_size=2, class_weights={1: 1.0, 2: 9.0})
+    chosen = [sampler.draw_location(case, True)[1] for _ in range(2000)]
+    assert 0.85 < chosen.count(2) / len(chosen) < 0.95
+    uniform = PatchSampler([stub], (8, 8, 8), batch_size=2)
+    chosen = [uniform.draw_location(case, True)[1] for _ in range(2000)]
+    assert 0.4 < chosen.count(2) / len(chosen) < 0.6
+    with pytest.raises(ValueError, match="positive"):
+        PatchSampler([stub], (8, 8, 8), batch_size=2, class_weights={1: 0.0})
