@@ -39,3 +39,43 @@ def test_uncrop_places_and_fills():
     assert out.shape == (2, 6, 6, 8)
     assert (out[:, 1:4, 0:4, 2:7] == 1).all() and (out == 1).sum() == a.size
     assert out[0, 0, 0, 0] == -1
+
+
+@pytest.mark.parametrize("mode", ["softmax", "sigmoid"])
+def test_slab_resample_and_finalize_with_member_terms(monkeypatch, mode):
+    from volseg.kernels.finalize import finalize
+
+    monkeypatch.setattr(restore, "SLAB_VOXELS", 2000)
+    x = torch.cat([torch.randn(3, 11, 14, 9) * 3, torch.rand(2, 11, 14, 9)])  # K = 3 logits, EH, MI
+    shape = (23, 20, 13)
+    whole = finalize(restore.resample_logits(x, shape), mode=mode, return_uncertainty=True, backend="torch",
+                     member_terms=True)
+    slabs = restore.resample_and_finalize(x, shape, mode=mode, return_uncertainty=True, backend="torch",
+                                          member_terms=True)
+    plain = restore.resample_and_finalize(x[:3], shape, mode=mode, return_uncertainty=True, backend="torch")
+    expected = F.interpolate(x[None, 3:], size=shape, mode="trilinear", align_corners=False)[0]
+    for i, name in enumerate(("expected_entropy", "mutual_information")):
+        a, b = getattr(whole, name), getattr(slabs, name)
+        assert b.shape == shape and b.dtype == torch.float16 and getattr(plain, name) is None
+        torch.testing.assert_close(a.float(), b.float(), atol=1e-3, rtol=0)
+        torch.testing.assert_close(b.float(), expected[i], atol=1e-3, rtol=0)
+    for name in ("labels", "max_prob", "entropy"):
+        a, b = getattr(plain, name), getattr(slabs, name)
+        assert (a is None) == (b is None) and (a is None or torch.equal(a, b)), name
+
+
+def test_resample_and_finalize_member_terms_needs_classes():
+    with pytest.raises(ValueError, match="K \\+ 2 channels"):
+        restore.resample_and_finalize(torch.zeros(2, 4, 4, 4), (5, 5, 5), member_terms=True, backend="torch")
+
+
+@pytest.mark.parametrize("kind", ["torch", "numpy"])
+def test_map_to_input_grid_uncrops_as_fp16(kind):
+    m = torch.rand(3, 4, 5) + 0.5
+    props = {"crop_bbox": [[1, 4], [0, 4], [2, 7]]}
+    out = restore.map_to_input_grid(m if kind == "torch" else m.numpy(), props, (6, 6, 8))
+    assert isinstance(out, np.ndarray) and out.dtype == np.float16 and out.shape == (6, 6, 8)
+    np.testing.assert_array_equal(out[1:4, 0:4, 2:7], m.numpy().astype(np.float16))
+    assert (out > 0).sum() == m.numel()
+    with pytest.raises(ValueError, match=r"expected a map of spatial shape \(3, 4, 5\)"):
+        restore.map_to_input_grid(torch.zeros(3, 4, 4), props, (6, 6, 8))

@@ -5,10 +5,19 @@ averaged as logits, then weighted by a separable Gaussian and accumulated
 (:mod:`volseg.kernels.accumulate`); at the end they are normalized and finalized in one pass
 (:mod:`volseg.kernels.finalize`).
 
-Memory: in full mode the accumulator is K × Z × Y × X fp32. In slab mode the tiles come
-row by row in z order, and the accumulator holds one patch depth of slices: whenever the
-next row starts further in z, the slices before it can receive nothing more and are
-finalized and released.
+Uncertainty (``return_uncertainty``): besides the max probability and the predictive entropy
+of the averaged logits, every member's softmax (or sigmoid) probabilities and entropy are summed
+over the members of each tile (tile-sized sums, nothing per member is kept); at commit they
+give the tile's expected entropy E_m[H(p_m)] and mutual information H(E_m p_m) - E_m[H(p_m)],
+accumulated as 2 extra channels after the K logits (the accumulator then has K + 2 channels).
+After normalization each of the two maps is the Gaussian-weighted mean, over the tiles
+covering a voxel, of the tile-local value. Without uncertainty nothing of this runs.
+
+Memory: in full mode the accumulator is K × Z × Y × X fp32 (K + 2 channels with
+uncertainty, plus, per batch of tiles, one more tile-sized Σ_m p_m of K channels). In slab
+mode the tiles come row by row in z order, and the accumulator holds one patch depth of
+slices: whenever the next row starts further in z, the slices before it can receive nothing
+more and are finalized and released.
 """
 
 from __future__ import annotations
@@ -18,8 +27,9 @@ from typing import Sequence
 
 import torch
 
-from volseg.kernels.accumulate import accumulate_torch, accumulate_triton
-from volseg.kernels.finalize import Finalized, finalize, normalize_torch
+from volseg.kernels.accumulate import (accumulate_torch, accumulate_triton, add_member_torch, add_member_triton,
+                                       member_entropy_terms)
+from volseg.kernels.finalize import Finalized, allocate_outputs, finalize, normalize_torch
 from volseg.kernels.gaussian import gaussian_1d, normalizer_1d, patch_weight
 from volseg.tasks.base import TileGrid
 
@@ -32,8 +42,16 @@ class SlidingWindowResult:
         labels: uint8 (Z, Y, X) argmax (softmax mode), else ``None``.
         probabilities: fp16 (K, Z, Y, X) or ``None``.
         max_prob: fp16 (Z, Y, X) or ``None``.
-        entropy: fp16 (Z, Y, X) in nats, or ``None``.
-        logits: averaged logits (K, Z, Y, X) (fp32 in full mode, fp16 in slab mode) when asked for.
+        entropy: fp16 (Z, Y, X) in nats, or ``None``: predictive entropy, of the averaged logits.
+        expected_entropy: (Z, Y, X) nats, E_m[H(p_m)] over the ensemble members m (networks ×
+            mirrorings; aleatoric part), with uncertainty only, else ``None``. fp16, except with
+            ``logits``, where it is the view ``logits[K]`` (same dtype as the logits).
+        mutual_information: (Z, Y, X) nats, >= 0, H(E_m[p_m]) - E_m[H(p_m)] (epistemic part, BALD),
+            with uncertainty only; fp16, or the view ``logits[K + 1]`` with ``logits``.
+        logits: averaged logits (K, Z, Y, X) (fp32 in full mode, fp16 in slab mode) when asked for;
+            with uncertainty (K + 2, Z, Y, X): channels K and K + 1 hold the normalized expected
+            entropy and mutual information, to be resampled with the logits
+            (:func:`volseg.inference.restore.resample_and_finalize` with ``member_terms=True``).
         timings: seconds: ``network`` (forward passes only) and ``total``.
     """
 
@@ -43,6 +61,8 @@ class SlidingWindowResult:
     entropy: torch.Tensor | None = None
     logits: torch.Tensor | None = None
     timings: dict = field(default_factory=dict)
+    expected_entropy: torch.Tensor | None = None
+    mutual_information: torch.Tensor | None = None
 
 
 class DenseAggregator:
@@ -54,8 +74,10 @@ class DenseAggregator:
         use_triton: Accumulate and finalize with the Triton kernels (else torch).
         mode: "softmax" or "sigmoid".
         return_probabilities, return_uncertainty: Also keep fp16 probability / max-probability
-            and entropy maps.
-        return_logits: Keep the averaged logits instead of finalizing (no labels).
+            and entropy maps; uncertainty adds the members' expected entropy and mutual
+            information (2 more accumulator channels, one softmax per member and tile).
+        return_logits: Keep the averaged logits instead of finalizing (no labels); with
+            uncertainty, followed by the 2 member-term channels.
         slab: Slab mode (bounded memory, tiles row by row in z) instead of one full accumulator.
     """
 
@@ -65,7 +87,10 @@ class DenseAggregator:
         self.k, self.sigma_scale, self.triton, self.mode = num_classes, sigma_scale, use_triton, mode
         self.probs, self.unc, self.logits, self.row_wise = return_probabilities, return_uncertainty, return_logits, slab
         self.backend = "triton" if use_triton else "torch"
+        self.terms = bool(return_uncertainty)  # member terms: 2 more channels after the K logits
+        self.channels = num_classes + 2 if self.terms else num_classes
         self._total: torch.Tensor | None = None
+        self._sum_p: torch.Tensor | None = None
 
     def setup(self, grid: TileGrid) -> None:
         self.grid = grid
@@ -75,9 +100,9 @@ class DenseAggregator:
         zsz, ysz, xsz = grid.shape
         if self.row_wise:
             self.outs = self._alloc_cpu(grid.shape)
-            self.acc = torch.zeros((self.k, grid.patch[0], ysz, xsz), dtype=torch.float32, device=grid.device)
+            self.acc = torch.zeros((self.channels, grid.patch[0], ysz, xsz), dtype=torch.float32, device=grid.device)
         else:
-            self.acc = torch.zeros((self.k, zsz, ysz, xsz), dtype=torch.float32, device=grid.device)
+            self.acc = torch.zeros((self.channels, zsz, ysz, xsz), dtype=torch.float32, device=grid.device)
         self.lo = 0  # z of acc[:, 0]
 
     def start_row(self, z: int) -> None:
@@ -91,11 +116,27 @@ class DenseAggregator:
     def add(self, output, offsets: Sequence[tuple[int, int, int]], flip_dims: Sequence[int]) -> None:
         out = output[0] if isinstance(output, (list, tuple)) else output
         out = torch.flip(out, list(flip_dims)) if flip_dims else out
-        self._total = out.float() if self._total is None else self._total.add_(out.float())
+        if not self.terms:
+            self._total = out.float() if self._total is None else self._total.add_(out.float())
+            return
+        if out.shape[1] != self.k:
+            raise ValueError(f"expected network outputs of {self.k} channels, found shape {tuple(out.shape)}")
+        if self._total is None:  # logits sum, Σ_m H(p_m), (MI at commit); Σ_m p_m
+            self._total = torch.zeros((out.shape[0], self.k + 2, *out.shape[2:]), dtype=torch.float32,
+                                      device=out.device)
+            self._sum_p = torch.zeros((out.shape[0], self.k, *out.shape[2:]), dtype=torch.float32, device=out.device)
+        (add_member_triton if self.triton else add_member_torch)(self._total, self._sum_p, out, self.mode)
 
     def commit(self, offsets: Sequence[tuple[int, int, int]]) -> None:
         tiles, self._total = self._total, None
-        tiles /= self.grid.members
+        if self.terms:
+            sum_p, self._sum_p = self._sum_p, None
+            eh, mi = member_entropy_terms(sum_p, tiles[:, self.k], self.grid.members, self.mode)
+            tiles[:, :self.k] /= self.grid.members
+            tiles[:, self.k] = eh
+            tiles[:, self.k + 1] = mi
+        else:
+            tiles /= self.grid.members
         local = [(z - self.lo, y, x) for z, y, x in offsets]
         if self.triton:
             accumulate_triton(self.acc, tiles, local, *self.w)
@@ -111,23 +152,23 @@ class DenseAggregator:
             if self.logits:
                 out = {"logits": res.cpu()}
             else:
-                out = {f: (getattr(res, f).cpu() if getattr(res, f) is not None else None)
-                       for f in ("labels", "probabilities", "max_prob", "entropy")}
-        return _crop(out, self.grid.pads)
+                out = {f: (getattr(res, f).cpu() if getattr(res, f) is not None else None) for f in _FIELDS}
+        res = _crop(out, self.grid.pads)
+        if self.logits and self.terms:
+            res.expected_entropy, res.mutual_information = res.logits[self.k], res.logits[self.k + 1]
+        return res
 
     def _finalize(self, acc: torch.Tensor, nz: torch.Tensor) -> Finalized | torch.Tensor:
         if self.logits:
             return normalize_torch(acc, nz, self.norms[1], self.norms[2])
-        return finalize(acc, nz, self.norms[1], self.norms[2], self.mode, self.probs, self.unc, self.backend)
+        return finalize(acc, nz, self.norms[1], self.norms[2], self.mode, self.probs, self.unc, self.backend,
+                        self.terms)
 
     def _alloc_cpu(self, shape) -> dict:
-        k = self.k
         if self.logits:
-            return {"logits": torch.empty((k, *shape), dtype=torch.float16)}
-        return {"labels": torch.empty(shape, dtype=torch.uint8) if self.mode == "softmax" else None,
-                "probabilities": torch.empty((k, *shape), dtype=torch.float16) if self.probs else None,
-                "max_prob": torch.empty(shape, dtype=torch.float16) if self.unc else None,
-                "entropy": torch.empty(shape, dtype=torch.float16) if self.unc else None}
+            return {"logits": torch.empty((self.channels, *shape), dtype=torch.float16)}
+        res = allocate_outputs(self.k, shape, "cpu", self.mode, self.probs, self.unc, self.terms)
+        return {f: getattr(res, f) for f in _FIELDS}
 
     def _emit(self, block: torch.Tensor, z0: int) -> None:
         n = block.shape[1]
@@ -140,11 +181,13 @@ class DenseAggregator:
                 v[..., z0:z0 + n, :, :] = getattr(res, f).cpu()
 
 
+_FIELDS = ("labels", "probabilities", "max_prob", "entropy", "expected_entropy", "mutual_information")
+
+
 def _crop(out: dict, pads: list[tuple[int, int]]) -> SlidingWindowResult:
     sl = tuple(slice(a, None if b == 0 else -b) for a, b in pads)
     crop = {k: (v[(Ellipsis, *sl)].contiguous() if v is not None else None) for k, v in out.items()}
-    return SlidingWindowResult(labels=crop.get("labels"), probabilities=crop.get("probabilities"),
-                               max_prob=crop.get("max_prob"), entropy=crop.get("entropy"), logits=crop.get("logits"))
+    return SlidingWindowResult(logits=crop.get("logits"), **{f: crop.get(f) for f in _FIELDS})
 
 
 DEFAULT_MEMORY_BUDGET = 4 * 1024 ** 3
@@ -157,13 +200,15 @@ def dense_aggregator(num_classes: int, image_shape: Sequence[int], patch_size: S
                      memory_budget_bytes: int | None = None) -> DenseAggregator:
     """A :class:`DenseAggregator` for an image of spatial ``image_shape`` (z, y, x), choosing the
     backend ("auto": Triton on CUDA when installed) and slab mode (``None``: when the full fp32
-    accumulator over the padded image would exceed ``memory_budget_bytes``, default 4 GiB)."""
+    accumulator over the padded image, K channels or K + 2 with ``return_uncertainty``, would exceed
+    ``memory_budget_bytes``, default 4 GiB)."""
     from volseg.kernels.finalize import triton_available
 
     device = torch.device(device)
     padded = [max(int(s), int(p)) for s, p in zip(image_shape, patch_size)]
     use_triton = backend == "triton" or (backend == "auto" and device.type == "cuda" and triton_available())
     budget = DEFAULT_MEMORY_BUDGET if memory_budget_bytes is None else memory_budget_bytes
-    use_slab = (4 * num_classes * padded[0] * padded[1] * padded[2] > budget) if slab is None else slab
+    channels = num_classes + 2 if return_uncertainty else num_classes
+    use_slab = (4 * channels * padded[0] * padded[1] * padded[2] > budget) if slab is None else slab
     return DenseAggregator(num_classes, sigma_scale, use_triton, mode, return_probabilities, return_uncertainty,
                            return_logits, use_slab)

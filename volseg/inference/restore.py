@@ -53,12 +53,22 @@ def resample_logits(logits: torch.Tensor, shape: tuple[int, int, int] | list[int
 
 def resample_and_finalize(logits: torch.Tensor, shape: tuple[int, int, int] | list[int], mode: str = "softmax",
                           return_probabilities: bool = False, return_uncertainty: bool = False,
-                          backend: str = "auto"):
+                          backend: str = "auto", member_terms: bool = False):
     """Resample (K, z, y, x) averaged logits to ``shape`` and finalize them, one z-slab at a time.
 
     Same result as ``finalize(resample_logits(logits, shape), ...)``, but the resampled
     float logits exist only one slab at a time: besides the outputs (uint8 labels, fp16
     maps), memory grows with the slab, not with K × the output volume.
+
+    Args:
+        logits: (K, z, y, x) averaged logits, or (K + 2, z, y, x) with ``member_terms``
+            (:attr:`volseg.inference.dense.SlidingWindowResult.logits` with uncertainty).
+        shape: Output spatial shape (z, y, x).
+        mode, return_probabilities, return_uncertainty, backend: As for
+            :func:`volseg.kernels.finalize.finalize`.
+        member_terms: The last 2 channels are the members' expected entropy and mutual
+            information (nats): resampled trilinearly like the logits and returned as
+            ``expected_entropy`` and ``mutual_information`` (fp16, ``shape``).
 
     Returns:
         A :class:`volseg.kernels.finalize.Finalized` of spatial shape ``shape``.
@@ -66,12 +76,15 @@ def resample_and_finalize(logits: torch.Tensor, shape: tuple[int, int, int] | li
     from volseg.kernels.finalize import allocate_outputs, finalize
 
     shape = tuple(int(s) for s in shape)
-    k = logits.shape[0]
-    out = allocate_outputs(k, shape, logits.device, mode, return_probabilities, return_uncertainty)
-    for z0, z1 in _slab_bounds(shape[0], k * shape[1] * shape[2]):
+    k = logits.shape[0] - (2 if member_terms else 0)
+    if k < 1:
+        raise ValueError(f"expected logits of K{' + 2' if member_terms else ''} channels with K >= 1, "
+                         f"found shape {tuple(logits.shape)}")
+    out = allocate_outputs(k, shape, logits.device, mode, return_probabilities, return_uncertainty, member_terms)
+    for z0, z1 in _slab_bounds(shape[0], logits.shape[0] * shape[1] * shape[2]):
         part = finalize(_resample_slab(logits, shape, z0, z1), mode=mode, return_probabilities=return_probabilities,
-                        return_uncertainty=return_uncertainty, backend=backend)
-        for name in ("labels", "max_prob", "entropy"):
+                        return_uncertainty=return_uncertainty, backend=backend, member_terms=member_terms)
+        for name in ("labels", "max_prob", "entropy", "expected_entropy", "mutual_information"):
             if getattr(out, name) is not None:
                 getattr(out, name)[z0:z1] = getattr(part, name)
         if out.probabilities is not None:
@@ -108,6 +121,33 @@ def regions_to_labels(probs: torch.Tensor, regions: dict) -> torch.Tensor:
     for r in order:
         labels[probs[r] > 0.5] = max(groups[r])
     return labels
+
+
+def map_to_input_grid(array: torch.Tensor | np.ndarray, props: dict,
+                      full_shape: tuple[int, int, int] | list[int]) -> np.ndarray:
+    """Un-crop a map of the cropped region onto the input grid, as fp16, 0 outside the crop.
+
+    For the uncertainty maps (``expected_entropy``, ``mutual_information``, nats) after
+    :func:`resample_and_finalize` or on the crop's grid.
+
+    Args:
+        array: (Z', Y', X') map of the cropped region (any leading dims are kept), torch or NumPy.
+        props: Preprocessing properties; ``props["crop_bbox"]`` is the region's
+            [[z0, z1], [y0, y1], [x0, x1]] on the input grid.
+        full_shape: Spatial shape (z, y, x) of the input grid.
+
+    Returns:
+        fp16 NumPy array (..., *full_shape).
+
+    Raises:
+        ValueError: The map's shape is not the crop box's.
+    """
+    m = array.detach().cpu().numpy() if isinstance(array, torch.Tensor) else np.asarray(array)
+    box = props["crop_bbox"]
+    want = tuple(int(b) - int(a0) for a0, b in box)
+    if m.ndim < 3 or tuple(m.shape[-3:]) != want:
+        raise ValueError(f"expected a map of spatial shape {want} (the crop box {box}), found shape {m.shape}")
+    return uncrop(m.astype(np.float16), box, tuple(int(s) for s in full_shape), 0)
 
 
 def dense_to_input_grid(labels: torch.Tensor, probs: torch.Tensor | None, entropy: torch.Tensor | None,

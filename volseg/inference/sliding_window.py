@@ -136,8 +136,11 @@ def predict_sliding_window(networks: torch.nn.Module | Sequence[torch.nn.Module]
         backend: "torch", "triton" or "auto" (Triton on CUDA when installed).
         mode: "softmax" or "sigmoid".
         return_probabilities, return_uncertainty: Also return fp16 probability / max-probability
-            and entropy maps.
-        return_logits: Return the averaged logits instead of finalizing (no labels).
+            and entropy maps; uncertainty also returns the ensemble members' (networks ×
+            mirrorings) ``expected_entropy`` E_m[H(p_m)] and ``mutual_information``
+            H(E_m p_m) - E_m[H(p_m)] (fp16, nats; see :mod:`volseg.inference.dense`).
+        return_logits: Return the averaged logits instead of finalizing (no labels); with
+            uncertainty, (K + 2) channels: the logits, then the two member terms.
         slab: Force slab mode (True) or full mode (False); ``None`` decides by the budget.
         memory_budget_bytes: Budget of the full accumulator (default 4 GiB).
 

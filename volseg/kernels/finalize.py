@@ -7,6 +7,13 @@ probabilities (K, Z, Y, X), fp16 maximum probability and fp16 entropy (nats) (Z,
 :func:`finalize_triton` keeps everything in registers and writes each output once.
 Sigmoid mode (one independent channel per region) gives per-channel probabilities and the
 mean binary entropy; its labels are painted by the caller from the regions.
+
+Member terms (``member_terms=True``): the accumulator has K + 2 channels, the K classes
+followed by the Gaussian-weighted sums of the ensemble members' expected entropy and mutual
+information (see :func:`volseg.kernels.accumulate.member_entropy_terms`). Only the first K
+channels enter the softmax / sigmoid, labels, probabilities, max probability and entropy
+(which are then the same values as without them); the last two are normalized like the
+logits and written as fp16 ``expected_entropy`` and ``mutual_information`` (nats, (Z, Y, X)).
 """
 
 from __future__ import annotations
@@ -21,34 +28,76 @@ BLOCK = 512
 
 @dataclass
 class Finalized:
-    """Outputs of a finalize pass; ``None`` for those not asked for."""
+    """Outputs of a finalize pass; ``None`` for those not asked for.
+
+    Attributes:
+        labels: uint8 (Z, Y, X) argmax (softmax mode), else ``None``.
+        probabilities: fp16 (K, Z, Y, X).
+        max_prob: fp16 (Z, Y, X): softmax, the largest class probability; sigmoid, the least
+            confident channel's max(p, 1 - p).
+        entropy: fp16 (Z, Y, X), nats, of the averaged prediction (predictive entropy).
+        expected_entropy: fp16 (Z, Y, X), nats: the ensemble members' mean entropy E_m[H(p_m)]
+            (aleatoric part), with member terms only.
+        mutual_information: fp16 (Z, Y, X), nats, >= 0: H(E_m[p_m]) - E_m[H(p_m)] (epistemic part,
+            BALD), with member terms only.
+    """
 
     labels: torch.Tensor | None
     probabilities: torch.Tensor | None = None
     max_prob: torch.Tensor | None = None
     entropy: torch.Tensor | None = None
+    expected_entropy: torch.Tensor | None = None
+    mutual_information: torch.Tensor | None = None
 
 
-def allocate_outputs(k: int, shape, device, mode: str, probs: bool, unc: bool) -> Finalized:
-    """Empty outputs of a finalize pass over K channels of spatial ``shape`` (z, y, x)."""
+def allocate_outputs(k: int, shape, device, mode: str, probs: bool, unc: bool, member_terms: bool = False) -> Finalized:
+    """Empty outputs of a finalize pass over K classes of spatial ``shape`` (z, y, x); ``member_terms``
+    adds the expected entropy and mutual information maps."""
     z, y, x = shape
+
+    def vol(want: bool):
+        return torch.empty((z, y, x), dtype=torch.float16, device=device) if want else None
+
     return Finalized(
         labels=torch.empty((z, y, x), dtype=torch.uint8, device=device) if mode == "softmax" else None,
         probabilities=torch.empty((k, z, y, x), dtype=torch.float16, device=device) if probs else None,
-        max_prob=torch.empty((z, y, x), dtype=torch.float16, device=device) if unc else None,
-        entropy=torch.empty((z, y, x), dtype=torch.float16, device=device) if unc else None)
+        max_prob=vol(unc), entropy=vol(unc), expected_entropy=vol(member_terms), mutual_information=vol(member_terms))
+
+
+def _classes(acc: torch.Tensor, member_terms: bool) -> int:
+    """K, the number of classes of a (K [+ 2], ...) accumulator."""
+    k = acc.shape[0] - (2 if member_terms else 0)
+    if k < 1:
+        raise ValueError(f"expected an accumulator of K {'+ 2 ' if member_terms else ''}channels with K >= 1, "
+                         f"found {acc.shape[0]} channels")
+    return k
 
 
 def finalize_torch(acc: torch.Tensor, nz: torch.Tensor, ny: torch.Tensor, nx: torch.Tensor, mode: str = "softmax",
-                   return_probabilities: bool = False, return_uncertainty: bool = False) -> Finalized:
-    """Reference path; see the module docstring. ``nz`` covers exactly the z-range of ``acc``."""
-    k, zs, ys, xs = acc.shape
-    out = allocate_outputs(k, (zs, ys, xs), acc.device, mode, return_probabilities, return_uncertainty)
+                   return_probabilities: bool = False, return_uncertainty: bool = False,
+                   member_terms: bool = False) -> Finalized:
+    """Reference path; see the module docstring. ``nz`` covers exactly the z-range of ``acc``.
+
+    Args:
+        acc: float32 (K, Z, Y, X) accumulator, or (K + 2, Z, Y, X) with ``member_terms``.
+        nz, ny, nx: float32 normalizers of lengths Z, Y, X.
+        mode: "softmax" or "sigmoid".
+        return_probabilities, return_uncertainty: Also write probabilities / max probability and entropy.
+        member_terms: The last 2 channels are the members' expected entropy and mutual information:
+            write them (normalized) as ``expected_entropy`` and ``mutual_information``.
+    """
+    k = _classes(acc, member_terms)
+    _, zs, ys, xs = acc.shape
+    out = allocate_outputs(k, (zs, ys, xs), acc.device, mode, return_probabilities, return_uncertainty, member_terms)
     inv_yx = (1.0 / (ny[:, None] * nx[None, :]))
     step = max(1, CHUNK_VOXELS // max(ys * xs, 1))
     for z0 in range(0, zs, step):
         z1 = min(zs, z0 + step)
         v = acc[:, z0:z1] * (inv_yx[None, None] / nz[z0:z1, None, None][None])
+        if member_terms:
+            out.expected_entropy[z0:z1] = v[k].half()
+            out.mutual_information[z0:z1] = v[k + 1].half()
+            v = v[:k]
         if mode == "softmax":
             logp = torch.log_softmax(v, dim=0)
             p = logp.exp()
@@ -82,9 +131,9 @@ def _kernel():
     import triton.language as tl
 
     @triton.jit
-    def finalize_kernel(acc_ptr, nz_ptr, ny_ptr, nx_ptr, labels_ptr, probs_ptr, maxp_ptr, ent_ptr, N, Y, X,
-                        K: tl.constexpr, SOFTMAX: tl.constexpr, WRITE_PROBS: tl.constexpr, WRITE_UNC: tl.constexpr,
-                        BLOCK_SIZE: tl.constexpr):
+    def finalize_kernel(acc_ptr, nz_ptr, ny_ptr, nx_ptr, labels_ptr, probs_ptr, maxp_ptr, ent_ptr, eh_ptr, mi_ptr,
+                        N, Y, X, K: tl.constexpr, SOFTMAX: tl.constexpr, WRITE_PROBS: tl.constexpr,
+                        WRITE_UNC: tl.constexpr, MEMBER_TERMS: tl.constexpr, BLOCK_SIZE: tl.constexpr):
         pid = tl.program_id(0)
         offs = (pid * BLOCK_SIZE + tl.arange(0, BLOCK_SIZE)).to(tl.int64)
         mask = offs < N
@@ -94,6 +143,11 @@ def _kernel():
         norm = tl.load(nz_ptr + z, mask=mask, other=1.0) * tl.load(ny_ptr + y, mask=mask, other=1.0) \
             * tl.load(nx_ptr + x, mask=mask, other=1.0)
         inv = 1.0 / norm
+        if MEMBER_TERMS:  # channels K, K + 1 after the K classes
+            eh = tl.load(acc_ptr + K * N + offs, mask=mask, other=0.0) * inv
+            mi = tl.load(acc_ptr + (K + 1) * N + offs, mask=mask, other=0.0) * inv
+            tl.store(eh_ptr + offs, eh.to(tl.float16), mask=mask)
+            tl.store(mi_ptr + offs, mi.to(tl.float16), mask=mask)
         if SOFTMAX:
             m = tl.full((BLOCK_SIZE,), float("-inf"), tl.float32)
             arg = tl.zeros((BLOCK_SIZE,), tl.int32)
@@ -139,14 +193,16 @@ _KERNEL = None
 
 
 def finalize_triton(acc: torch.Tensor, nz: torch.Tensor, ny: torch.Tensor, nx: torch.Tensor, mode: str = "softmax",
-                    return_probabilities: bool = False, return_uncertainty: bool = False) -> Finalized:
+                    return_probabilities: bool = False, return_uncertainty: bool = False,
+                    member_terms: bool = False) -> Finalized:
     """Triton version of :func:`finalize_torch` (same outputs; labels identical, maps within fp16 rounding)."""
     global _KERNEL
     if _KERNEL is None:
         _KERNEL = _kernel()
     acc = acc.contiguous()
-    k, zs, ys, xs = acc.shape
-    out = allocate_outputs(k, (zs, ys, xs), acc.device, mode, return_probabilities, return_uncertainty)
+    k = _classes(acc, member_terms)
+    _, zs, ys, xs = acc.shape
+    out = allocate_outputs(k, (zs, ys, xs), acc.device, mode, return_probabilities, return_uncertainty, member_terms)
     dummy = torch.empty(1, dtype=torch.float16, device=acc.device)
     n = zs * ys * xs
     grid = ((n + BLOCK - 1) // BLOCK,)
@@ -155,8 +211,10 @@ def finalize_triton(acc: torch.Tensor, nz: torch.Tensor, ny: torch.Tensor, nx: t
                   out.probabilities if out.probabilities is not None else dummy,
                   out.max_prob if out.max_prob is not None else dummy,
                   out.entropy if out.entropy is not None else dummy,
+                  out.expected_entropy if member_terms else dummy,
+                  out.mutual_information if member_terms else dummy,
                   n, ys, xs, K=k, SOFTMAX=mode == "softmax", WRITE_PROBS=return_probabilities,
-                  WRITE_UNC=return_uncertainty, BLOCK_SIZE=BLOCK)
+                  WRITE_UNC=return_uncertainty, MEMBER_TERMS=member_terms, BLOCK_SIZE=BLOCK)
     return out
 
 
@@ -170,14 +228,16 @@ def triton_available() -> bool:
 
 def finalize(acc: torch.Tensor, nz: torch.Tensor | None = None, ny: torch.Tensor | None = None,
              nx: torch.Tensor | None = None, mode: str = "softmax", return_probabilities: bool = False,
-             return_uncertainty: bool = False, backend: str = "auto") -> Finalized:
+             return_uncertainty: bool = False, backend: str = "auto", member_terms: bool = False) -> Finalized:
     """Finalize an accumulator, or already-normalized logits when the normalizers are ``None``.
 
     ``backend``: "triton", "torch", or "auto" (Triton for CUDA tensors when it is installed).
+    ``member_terms``: the last 2 of ``acc``'s channels are the members' expected entropy and mutual
+    information (see the module docstring).
     """
     if nz is None:
         one = torch.ones(1, dtype=torch.float32, device=acc.device)
         nz, ny, nx = one.expand(acc.shape[1]), one.expand(acc.shape[2]), one.expand(acc.shape[3])
     use_triton = backend == "triton" or (backend == "auto" and acc.is_cuda and triton_available())
     fn = finalize_triton if use_triton else finalize_torch
-    return fn(acc, nz, ny, nx, mode, return_probabilities, return_uncertainty)
+    return fn(acc, nz, ny, nx, mode, return_probabilities, return_uncertainty, member_terms)
