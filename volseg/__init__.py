@@ -2,12 +2,12 @@
 
 Stages (one subpackage each): ``io`` → ``fingerprint`` → ``planning`` →
 ``preprocessing`` → ``data`` / ``networks`` / ``training`` → ``inference`` →
-``postprocessing`` → ``evaluation``.  Arrays are (z, y, x) in voxel order.
+``postprocessing`` → ``evaluation``; ``conformal`` calibrates thresholds with a guarantee.  Arrays are (z, y, x) in voxel order.
 """
 
 __version__ = "0.1.0"
 
-_API = ("demo_data", "plan", "train", "predict", "evaluate")
+_API = ("demo_data", "plan", "train", "predict", "evaluate", "calibrate")
 
 
 def __getattr__(name: str):

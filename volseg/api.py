@@ -66,3 +66,11 @@ def evaluate(pred_dir: str | os.PathLike, ref_dir: str | os.PathLike, out_dir: s
     from volseg.evaluation import evaluate_folders
 
     return evaluate_folders(pred_dir, ref_dir, out_dir, **kwargs)
+
+
+def calibrate(model_dir: str | os.PathLike, risk: str, alpha: float, **kwargs) -> dict:
+    """Calibrate a threshold with a finite-sample guarantee and write ``calibration.json``
+    (see :func:`volseg.conformal.calibrate.calibrate_model`); ``predict(..., calibrated=True)`` applies it."""
+    from volseg.conformal.calibrate import calibrate_model
+
+    return calibrate_model(model_dir, risk, alpha, **kwargs)

@@ -42,9 +42,16 @@ def test_outputs_keep_input_geometry_and_bad_case_is_skipped(tiny_model, inputs,
         assert probs.shape == (3, *g.shape) and probs.dtype == np.float16
         np.testing.assert_allclose(probs.astype(np.float32).sum(0), 1.0, atol=5e-3)
         assert (probs.argmax(0) != labels).mean() < 1e-3  # ties after fp16 rounding
+        eh, _ = read_image(out / "maps" / f"{name}_expected_entropy.nii.gz")
+        mi, mg = read_image(out / "maps" / f"{name}_mutual_information.nii.gz")
+        assert mg.matches(g) is None and (mi >= 0).all() and (eh >= 0).all()
+        # two folds × mirrors disagree somewhere: the epistemic part is not zero inside the image
+        assert mi.max() > 0 and (eh + mi <= np.log(3) + 2e-2).all()
     summary = json.loads((out / "summary.json").read_text())
     assert summary["counts"] == {"done": 3, "skipped": 0, "failed": 1}
     assert summary["folds"] == ["0", "1"]
+    unc = summary["cases"]["a"]["uncertainty"]
+    assert {"entropy", "expected_entropy", "mutual_information"} <= set(unc) and unc["mutual_information"] >= 0
 
 
 def test_resume_skips_finished_cases(tiny_model, inputs, tmp_path):

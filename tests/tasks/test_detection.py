@@ -61,40 +61,26 @@ def test_train_and_predict_write_boxes_candidates_and_froc(lung_plan, tmp_path):
         centre, _ = box_to_world(np.asarray([b["box_voxel"]], float), geometry)
         np.testing.assert_allclose(centre[0], b["centre_world_mm"], atol=1e-6)
         assert 0.0 <= b["score"] <= 1.0
+    _box_calibration_round_trip(lung_plan, tmp_path / "model", tmp_path)
 
 
-def test_detection_batch_counts_and_best_f1():
-    from volseg.detection.training import best_f1, detection_counts
+def _box_calibration_round_trip(lung_plan, model, tmp_path):
+    """Box FNR calibrated on candidates against annotations; predict keeps exactly the boxes scoring >= λ̂."""
+    import volseg
 
-    gt = [torch.tensor([[0.0, 0.0, 0.0, 4.0, 4.0, 4.0], [10.0, 10.0, 10.0, 14.0, 14.0, 14.0]])]
-    pred = [(torch.tensor([[0.0, 0.0, 0.0, 4.0, 4.0, 4.0], [20.0, 20.0, 20.0, 22.0, 22.0, 22.0]]),
-             torch.tensor([0.9, 0.35]))]
-    counts = detection_counts(pred, gt, thresholds=(0.3, 0.5))
-    # at 0.3: one hit, one false positive, one miss; at 0.5: one hit, one miss
-    assert counts.tolist() == [[1, 1, 1], [1, 0, 1]]
-    score, extra = best_f1(counts, (0.3, 0.5))
-    assert score == pytest.approx(2 / 3) and extra["best_threshold"] == 0.5
-    assert np.isnan(best_f1(torch.zeros(2, 3), (0.3, 0.5))[0])
-
-
-def test_box_rules_keep_scores_and_sizes():
-    from volseg.detection.sweep import apply_box_rules
-
-    boxes = {"boxes": np.array([[0, 0, 0, 2, 2, 2], [0, 0, 0, 8, 8, 8]], float), "scores": np.array([0.9, 0.2]),
-             "classes": np.array([0, 0])}
-    kept = apply_box_rules(boxes, {"score_threshold": 0.1, "min_size_mm": 3.0}, (1.0, 1.0, 1.0))
-    assert kept["scores"].tolist() == [0.2]
-    kept = apply_box_rules(boxes, {"score_threshold": 0.5, "min_size_mm": 0.0}, (2.0, 2.0, 2.0))
-    assert kept["scores"].tolist() == [0.9]
-
-
-def test_reference_findings_from_an_instance_map():
-    from volseg.detection.reference import instance_findings
-    from volseg.io.nifti import Geometry
-
-    inst = np.zeros((10, 12, 14), np.int16)
-    inst[2:6, 3:7, 4:8] = 1  # a 4-voxel cube: centre index (3.5, 4.5, 5.5)
-    geometry = Geometry((10, 12, 14), (2.0, 1.0, 1.0), (10.0, 20.0, 30.0))  # spacing z, y, x; origin x, y, z
-    (x, y, z, d), = instance_findings(inst, geometry, [1, 2])
-    assert (x, y, z) == pytest.approx((10 + 5.5, 20 + 4.5, 30 + 2 * 3.5))
-    assert d == pytest.approx((6 * 4 * 4 * 4 * 2.0 / np.pi) ** (1 / 3))
+    pred, ref = tmp_path / "cal_pred", tmp_path / "cal_ref"
+    pred.mkdir(), ref.mkdir()
+    scores = [0.05 * (i + 1) for i in range(19)]  # scan i's nodule is hit by a box of score 0.05 (i + 1)
+    (pred / "candidates.csv").write_text("seriesuid,coordX,coordY,coordZ,probability\n" + "".join(
+        f"s{i},0,0,0,{p}\ns{i},50,50,50,0.9\n" for i, p in enumerate(scores)))
+    (ref / "annotations.csv").write_text("seriesuid,coordX,coordY,coordZ,diameter_mm\n" + "".join(
+        f"s{i},1,0,0,10\n" for i in range(len(scores))))
+    cal = volseg.calibrate(model, "box_fnr", 0.2, predictions=pred, references=ref)
+    # missed at t: scans with score < t; (missed + 1) / 20 <= 0.2 allows 3 misses: the largest t is 0.20
+    assert cal["thresholds"]["all"] == pytest.approx(0.20) and cal["n"] == 19
+    assert cal["calibration_cases"]["fp_per_case"] == 1.0
+    out = tmp_path / "calibrated"
+    volseg.predict([lung_plan / "data" / "imagesTs"], out, model, progress=False, calibrated=True,
+                   calibration_file=str(model / "calibration.json"))
+    boxes = json.loads((out / "lung_004_boxes.json").read_text())["boxes"]
+    assert all(b["score"] >= 0.20 for b in boxes)

@@ -96,6 +96,25 @@ def test_train_and_predict_write_labels_and_lesion_tables(ms_plan, tmp_path, fus
     for r in rows:
         value = {"stable": 1, "new": 2, "vanishing": 3}[r["type"]]
         assert (labels == value).any()
+    if fusion == "difference":
+        _calibrated_round_trip(ms_plan, tmp_path / "model", tmp_path)
+
+
+def _calibrated_round_trip(ms_plan, model, tmp_path):
+    """Calibrated on the held-out fold, the lesions are exactly the voxels whose largest map is above λ̂."""
+    import volseg
+    from volseg.io.nifti import read_image
+
+    cal = volseg.calibrate(model, "lesion_fnr", 0.5)
+    assert cal["n"] >= 1 and (model / "calibration.json").is_file()
+    out = tmp_path / "calibrated"
+    summary = volseg.predict([ms_plan / "data" / "imagesTs"], out, model, progress=False, calibrated=True,
+                             save_probabilities=True)
+    assert summary["calibration"]["alpha"] == 0.5
+    labels, _ = read_image(out / "ms_004.nii.gz")
+    p = np.load(out / "maps" / "ms_004_probabilities.npz")["probabilities"].astype(np.float32)
+    np.testing.assert_array_equal(labels > 0, p.max(axis=0) > np.float32(cal["thresholds"]["all"]))
+    assert (out / "ms_004_lesions.csv").is_file() and (out / "maps" / "ms_004_possible.nii.gz").is_file()
 
 
 def test_sigmoid_heads_start_at_the_plan_prior():

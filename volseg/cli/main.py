@@ -24,6 +24,7 @@ COMMANDS = (
     ("train", "volseg.cli.train"),
     ("predict", "volseg.cli.predict"),
     ("evaluate", "volseg.cli.evaluate"),
+    ("calibrate", "volseg.cli.calibrate"),
 )
 
 
@@ -31,7 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="volseg",
         description="Self-configuring 3D segmentation and detection on NIfTI folders: "
-        "demo-data → plan → train → predict → evaluate.",
+        "demo-data → plan → train → predict → evaluate, calibrate.",
     )
     parser.add_argument("--version", action="version", version=f"volseg {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")

@@ -24,8 +24,14 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--save-probabilities", action="store_true",
                    help="also write maps/CASE_probabilities.npz (fp16, (K, Z, Y, X))")
     p.add_argument("--save-uncertainty", action="store_true",
-                   help="also write maps/CASE_entropy.nii.gz (voxel-wise predictive entropy in nats)")
+                   help="also write maps/CASE_entropy, maps/CASE_expected_entropy and maps/CASE_mutual_information "
+                        "(predictive entropy, its aleatoric and its epistemic part across folds and mirrors, nats), "
+                        "and each case's mean uncertainty in summary.json")
     p.add_argument("--no-postprocessing", action="store_true", help="skip the model's connected-component rules")
+    p.add_argument("--calibrated", action="store_true",
+                   help="threshold at the calibrated value of MODEL/calibration.json (volseg calibrate) instead of the "
+                        "argmax and post-processing; writes maps/CASE_possible (voxels the calibrated set adds)")
+    p.add_argument("--calibration", help="a calibration.json other than MODEL/calibration.json (implies --calibrated)")
     p.add_argument("--memory-gb", type=float,
                    help="memory budget of the stitching buffers; above it z-slab mode is used (default: automatic)")
     p.add_argument("--backend", choices=["auto", "torch", "triton"], default="auto",
@@ -41,11 +47,14 @@ def run(args: argparse.Namespace) -> int:
 
     options = PredictOptions(step_fraction=args.step, tta=not args.no_tta, save_probabilities=args.save_probabilities,
                              save_uncertainty=args.save_uncertainty, device=args.device, backend=args.backend,
-                             memory_budget_gb=args.memory_gb, postprocess=not args.no_postprocessing)
+                             memory_budget_gb=args.memory_gb, postprocess=not args.no_postprocessing,
+                             calibrated=args.calibrated or bool(args.calibration), calibration_file=args.calibration)
     model = load_model(args.model, args.folds, args.checkpoint, resolve_device(args.device))
     summary = predict_folder(args.input, args.out, model, options, resume=args.resume, progress=not args.no_progress)
     counts = summary["counts"]
     print(f"{counts['done']} predicted, {counts['skipped']} skipped, {counts['failed']} failed → {args.out}")
+    if "calibration" in summary:
+        print(f"calibrated: {summary['calibration']['guarantee']}")
     for case_id, rec in summary["cases"].items():
         if rec["status"] == "failed":
             print(f"  failed {case_id}: {rec['error']}")

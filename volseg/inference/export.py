@@ -14,12 +14,18 @@ from volseg.io.nifti import Geometry, write_image
 
 
 def export_case(out_dir: Path, case_id: str, ending: str, geometry: Geometry, labels: np.ndarray,
-                probabilities: np.ndarray | None = None, entropy: np.ndarray | None = None) -> list[Path]:
+                probabilities: np.ndarray | None = None, entropy: np.ndarray | None = None,
+                extra_maps: dict[str, np.ndarray] | None = None) -> list[Path]:
     """Write ``CASE<ending>`` (labels), and optionally ``maps/CASE_probabilities.npz`` (fp16,
-    (K, Z, Y, X)) and ``maps/CASE_entropy<ending>`` (entropy in nats, float32 NIfTI). The maps go
-    to a sub-folder so that the output folder holds only label maps (what ``evaluate`` reads).
-    The label file is written last: its presence means the case is complete (``--resume``)."""
+    (K, Z, Y, X)), ``maps/CASE_entropy<ending>`` (entropy in nats, float32 NIfTI) and one
+    ``maps/CASE_<name><ending>`` per entry of ``extra_maps`` ((Z, Y, X); uint8 maps stay uint8,
+    others are written as float32). The maps go to a sub-folder so that the output folder
+    holds only label maps (what ``evaluate`` reads). The label file is written last: its
+    presence means the case is complete (``--resume``)."""
     written = []
+    for name, array in (extra_maps or {}).items():
+        data = array if array.dtype == np.uint8 else array.astype(np.float32)
+        written.append(write_image(out_dir / "maps" / f"{case_id}_{name}{ending}", data, geometry))
     maps = out_dir / "maps"
     if probabilities is not None:
         path = maps / f"{case_id}_probabilities.npz"

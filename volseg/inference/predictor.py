@@ -33,6 +33,8 @@ class PredictOptions:
     backend: str = "auto"
     memory_budget_gb: float | None = None
     postprocess: bool = True
+    calibrated: bool = False  # apply MODEL/calibration.json (or calibration_file) instead of post-processing
+    calibration_file: str | None = None
 
 
 def resolve_device(device: str) -> torch.device:
@@ -51,7 +53,8 @@ def prepare(model: LoadedModel, images: np.ndarray, geometry: Geometry) -> tuple
 
 
 def predict_images(model: LoadedModel, images: np.ndarray, geometry: Geometry, options: PredictOptions,
-                   device: torch.device, prepared: tuple[np.ndarray, dict, float] | None = None) -> CasePrediction:
+                   device: torch.device, prepared: tuple[np.ndarray, dict, float] | None = None,
+                   conformal: dict | None = None) -> CasePrediction:
     """Predict one case given as a (C, Z, Y, X) float32 image on ``geometry``'s grid.
 
     Args:
@@ -61,6 +64,8 @@ def predict_images(model: LoadedModel, images: np.ndarray, geometry: Geometry, o
         options: TTA, step, outputs, device and backend.
         device: Where the networks run.
         prepared: The output of :func:`prepare` for these images, when already computed.
+        conformal: A calibration record (:func:`volseg.conformal.calibrate.load_calibration`):
+            its thresholds replace the argmax and the post-processing.
 
     Returns:
         The task's prediction on the input grid (labels and optional maps for segmentation),
@@ -79,7 +84,9 @@ def predict_images(model: LoadedModel, images: np.ndarray, geometry: Geometry, o
         mirror_axes=inf["mirror_axes"] if options.tta else (), tile_batch=inf.get("tile_batch", 2), device=device)
     t2 = time.perf_counter()
     prediction = task.restore(result, props, geometry, options)
-    if options.postprocess:
+    if conformal is not None:
+        prediction = task.apply_conformal(prediction, conformal, model.calibration, geometry.spacing)
+    elif options.postprocess:
         prediction = task.postprocess(prediction, model.calibration, geometry.spacing)
     t3 = time.perf_counter()
     prediction.seconds = {"preprocess": prep_seconds, "network_and_stitching": t2 - t1, "restore": t3 - t2,
@@ -113,16 +120,27 @@ def predict_folder(inputs: list, out_dir: str | Path, model: LoadedModel, option
     from volseg.errors import VolsegError
     from volseg.inference.cases import find_input_cases
     from volseg.inference.export import BackgroundExporter
+    from volseg.inference.uncertainty import case_uncertainty
     from volseg.io.atomic import write_json
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     device = resolve_device(options.device)
     ending = model.plans["dataset"].get("file_ending", ".nii.gz")
+    conformal = None
+    if options.calibrated:  # before the inputs are searched: a missing calibration fails first
+        from volseg.conformal.calibrate import load_calibration
+
+        cal_file = Path(options.calibration_file or Path(model.root) / "calibration.json")
+        conformal = load_calibration(cal_file, model.plans.get("task", "segmentation"))
     cases = find_input_cases(inputs, model.num_channels)
     todo = [c for c in cases if not (resume and model.task.done_file(out_dir, c.case_id, ending).is_file())]
     summary = {"model": str(model.root), "configuration": model.config_name, "folds": model.folds,
                "device": str(device), "tta": options.tta, "cases": {}}
+    if conformal is not None:
+        from volseg.conformal.calibrate import summary_record
+
+        summary["calibration"] = summary_record(conformal, cal_file)
     for c in cases:
         if c not in todo:
             summary["cases"][c.case_id] = {"status": "skipped", "reason": "already predicted (--resume)"}
@@ -136,10 +154,13 @@ def predict_folder(inputs: list, out_dir: str | Path, model: LoadedModel, option
             t0 = time.perf_counter()
             try:
                 images, geometry, prepared = fut.result()
-                pred = predict_images(model, images, geometry, options, device, prepared)
+                pred = predict_images(model, images, geometry, options, device, prepared, conformal)
                 exporter.submit(model.task.export, out_dir, case.case_id, ending, geometry, pred)
                 summary["cases"][case.case_id] = {"status": "done", "seconds": {
                     **{k: round(v, 4) for k, v in pred.seconds.items()}, "total": round(time.perf_counter() - t0, 4)}}
+                unc = case_uncertainty(pred)
+                if unc is not None:
+                    summary["cases"][case.case_id]["uncertainty"] = unc
             except VolsegError as e:
                 log.error("skipping case %s: %s", case.case_id, e)
                 summary["cases"][case.case_id] = {"status": "failed", "error": str(e)}

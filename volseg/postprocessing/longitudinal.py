@@ -136,7 +136,7 @@ def classify_lesions(probs: np.ndarray, spacing: Sequence[float],
     params = params or MatchingParams()
     if probs.ndim != 4 or probs.shape[0] != len(HEADS):
         raise ValueError(f"expected (4, Z, Y, X) probabilities ({', '.join(HEADS)}), got {probs.shape}")
-    t = params.threshold
+    t = np.float32(params.threshold)  # compared in float32 (a float16 map would round the threshold)
     fu_mask = (probs[1] > t) | (probs[2] > t)
     bl_mask = (probs[0] > t) | (probs[3] > t)
     if params.change_heads:

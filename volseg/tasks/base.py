@@ -24,6 +24,9 @@ Life of a task in the pipeline::
     validate task.validation_options()                 predict options of the held-out cases
              task.evaluate_validation(...)             held-out cases scored against the dataset's references
              task.calibrators()                        fitted on held-out predictions, written to MODEL/<name>.json
+    conformal task.conformal_kind                      "dense" (probability maps) or "boxes"
+             task.conformal_targets(probs, by_class)   score maps a calibrated threshold applies to
+             task.apply_conformal(prediction, cal, ..) ``predict --calibrated``: the calibrated sets
 """
 
 from __future__ import annotations
@@ -176,6 +179,17 @@ class Task(Protocol):
         """Score held-out predictions against the dataset's references (written to ``pred_dir/reference``)."""
 
     def calibrators(self) -> list[Calibrator]: ...
+
+    conformal_kind: str  # "dense": calibrated on probability maps; "boxes": on box scores
+
+    def conformal_targets(self, probabilities: np.ndarray, by_class: bool) -> dict[str, tuple[np.ndarray, tuple]]:
+        """Dense tasks: target name → (float32 (Z, Y, X) score map, reference label values) of a
+        case's fp16 (K, Z, Y, X) probabilities; one ``"all"`` target, or one per class."""
+
+    def apply_conformal(self, prediction: CasePrediction, conformal: dict, calibration: dict,
+                        spacing: Sequence[float]) -> CasePrediction:
+        """The calibrated sets (``conformal["thresholds"]``: target → threshold) in place of the
+        argmax and post-processing; ``calibration`` holds the other fitted calibrators."""
 
 
 def register_task(name: str) -> Callable[[type], type]:

@@ -176,6 +176,18 @@ class DetectionTask(SegmentationTask):
         prediction.boxes = apply_box_rules(prediction.boxes, params, spacing)
         return prediction
 
+    conformal_kind = "boxes"
+
+    def apply_conformal(self, prediction: CasePrediction, conformal: dict, calibration: dict,
+                        spacing: Sequence[float]) -> CasePrediction:
+        """Keep the boxes scoring at least the calibrated threshold (no size limit: the
+        calibration saw every box)."""
+        from volseg.detection.sweep import apply_box_rules
+
+        prediction.boxes = apply_box_rules(prediction.boxes, {"score_threshold": conformal["thresholds"]["all"],
+                                                              "min_size_mm": 0.0}, spacing)
+        return prediction
+
     def export(self, out_dir: Path, case_id: str, ending: str, geometry, prediction: CasePrediction) -> list[Path]:
         """The segmentation head's label map, then ``CASE_boxes.json`` (written last)."""
         from volseg.detection.export import case_boxes_record, write_case_boxes

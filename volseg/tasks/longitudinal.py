@@ -287,11 +287,34 @@ class LongitudinalTask(SegmentationTask):
         """The four maps on the input grid, lesions matched with the plan's default settings."""
         from volseg.postprocessing.longitudinal import MatchingParams, classify_lesions
 
-        _, probs, entropy = self.dense_on_input_grid(result, props, geometry, options, True)
+        _, probs, entropy, maps = self.dense_on_input_grid(result, props, geometry, options, True)
         labels, lesions = classify_lesions(probs, geometry.spacing,
                                            MatchingParams.from_dict(self.config["longitudinal"]["matching"]))
         return CasePrediction(labels=labels, probabilities=probs if options.save_probabilities else None,
-                              entropy=entropy, lesions=lesions, maps={"regions": probs})
+                              entropy=entropy, lesions=lesions, maps={"regions": probs, **maps})
+
+    def conformal_targets(self, probabilities: np.ndarray, by_class: bool) -> dict[str, tuple[np.ndarray, tuple]]:
+        """One target, all lesions: the largest of the four maps (what the matching thresholds),
+        against the reference's stable, new and vanishing lesions."""
+        if by_class:
+            raise VolsegError(None, "--by class is not available for longitudinal models: calibrate all lesions "
+                              "(optionally --by size)")
+        return {"all": (probabilities.max(axis=0).astype(np.float32), change_values(self.plans["dataset"]["labels"]))}
+
+    def apply_conformal(self, prediction: CasePrediction, conformal: dict, calibration: dict,
+                        spacing: Sequence[float]) -> CasePrediction:
+        """Lesions matched at the calibrated threshold, with no minimum size and without letting
+        the change maps remove voxels, so that the lesion masks are exactly the calibrated set."""
+        from volseg.postprocessing.longitudinal import MatchingParams, classify_lesions
+
+        plain = prediction.labels
+        fitted = calibration.get("lesion_matching") or self.config["longitudinal"]["matching"]
+        params = MatchingParams(threshold=float(conformal["thresholds"]["all"]), min_volume_mm3=0.0,
+                                min_match=fitted.get("min_match", 0.1), connectivity=fitted.get("connectivity", 6),
+                                change_heads=False)
+        prediction.labels, prediction.lesions = classify_lesions(prediction.maps["regions"], spacing, params)
+        prediction.maps["possible"] = ((prediction.labels > 0) & (plain == 0)).astype(np.uint8)
+        return prediction
 
     def export(self, out_dir: Path, case_id: str, ending: str, geometry, prediction: CasePrediction) -> list[Path]:
         """``CASE_lesions.csv``, then the maps and ``CASE<ending>`` (the label map, written last)."""

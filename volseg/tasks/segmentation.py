@@ -51,6 +51,14 @@ def write_reference(label_file: Path, dst: Path, instance_file: Path | None = No
     write_image(dst, semantic_label(label, read_instances(instance_file)).astype(np.uint8), geometry)
 
 
+EXPORTED_MAPS = ("possible", "expected_entropy", "mutual_information")
+
+
+def exported_maps(prediction: CasePrediction) -> dict[str, np.ndarray]:
+    """The maps of ``prediction.maps`` that export writes as ``maps/CASE_<name>`` images."""
+    return {k: prediction.maps[k] for k in EXPORTED_MAPS if prediction.maps.get(k) is not None}
+
+
 class ComponentRules:
     """Connected-component post-processing, chosen on the held-out label maps (``postprocessing.json``)."""
 
@@ -170,34 +178,46 @@ class SegmentationTask:
         from volseg.inference.dense import dense_aggregator
 
         same_grid = list(props["shape_after_resampling"]) == list(props["shape_after_crop"])
-        want_probs = options.save_probabilities or self.mode == "sigmoid"
+        calibrated = options.calibrated and self.conformal_kind == "dense"
+        want_probs = options.save_probabilities or self.mode == "sigmoid" or calibrated
         budget = None if options.memory_budget_gb is None else int(options.memory_budget_gb * 1e9)
         return dense_aggregator(self.outputs["num_outputs"], props["shape_after_resampling"], config["patch_size"],
                                 config["inference"]["gaussian_sigma_scale"], options.backend, device, self.mode,
                                 return_probabilities=want_probs and same_grid,
-                                return_uncertainty=options.save_uncertainty and same_grid,
+                                return_uncertainty=options.save_uncertainty,
                                 return_logits=not same_grid, memory_budget_bytes=budget)
 
     def restore(self, result, props: dict, geometry, options) -> CasePrediction:
         """Resample (when needed), finalize and un-crop the stitched result onto the input grid."""
-        lab, p, ent = self.dense_on_input_grid(result, props, geometry, options, options.save_probabilities)
-        return CasePrediction(labels=lab, probabilities=p, entropy=ent)
+        calibrated = options.calibrated and self.conformal_kind == "dense"
+        lab, p, ent, maps = self.dense_on_input_grid(result, props, geometry, options,
+                                                     options.save_probabilities or calibrated)
+        if calibrated:
+            maps["probabilities"] = p
+        return CasePrediction(labels=lab, probabilities=p if options.save_probabilities else None, entropy=ent,
+                              maps=maps)
 
     def dense_on_input_grid(self, result, props: dict, geometry, options, keep_probabilities: bool):
-        """``(labels uint8, probabilities fp16 (K, ...) or None, entropy fp16 or None)`` on the input grid."""
-        from volseg.inference.restore import dense_to_input_grid, regions_to_labels, resample_and_finalize
+        """``(labels uint8, probabilities fp16 (K, ...) or None, entropy fp16 or None, maps)`` on the
+        input grid; ``maps`` holds the fp16 ``expected_entropy`` and ``mutual_information`` (nats,
+        across folds and mirrors) when uncertainty is asked for."""
+        from volseg.inference.restore import (dense_to_input_grid, map_to_input_grid, regions_to_labels,
+                                              resample_and_finalize)
 
         if result.logits is None:
-            labels, probs, entropy = result.labels, result.probabilities, result.entropy
+            fin = result
         else:
             fin = resample_and_finalize(result.logits, props["shape_after_crop"], mode=self.mode,
                                         return_probabilities=keep_probabilities or self.mode == "sigmoid",
-                                        return_uncertainty=options.save_uncertainty, backend=options.backend)
-            labels, probs, entropy = fin.labels, fin.probabilities, fin.entropy
+                                        return_uncertainty=options.save_uncertainty, backend=options.backend,
+                                        member_terms=options.save_uncertainty)
+        labels, probs, entropy = fin.labels, fin.probabilities, fin.entropy
         if self.mode == "sigmoid":
             labels = regions_to_labels(probs.float(), self.regions)
-        return dense_to_input_grid(labels, probs if keep_probabilities else None, entropy, props, geometry.shape,
-                                   self.outputs)
+        maps = {name: map_to_input_grid(getattr(fin, name), props, geometry.shape)
+                for name in ("expected_entropy", "mutual_information") if getattr(fin, name, None) is not None}
+        return (*dense_to_input_grid(labels, probs if keep_probabilities else None, entropy, props, geometry.shape,
+                                     self.outputs), maps)
 
     def postprocess(self, prediction: CasePrediction, calibration: dict, spacing: Sequence[float]) -> CasePrediction:
         for calibrator in self.calibrators():
@@ -205,11 +225,70 @@ class SegmentationTask:
                 prediction = calibrator.apply(prediction, calibration[calibrator.name], spacing)
         return prediction
 
+    conformal_kind = "dense"
+
+    def conformal_targets(self, probabilities: np.ndarray, by_class: bool) -> dict[str, tuple[np.ndarray, tuple]]:
+        """What a conformal threshold applies to: target → (float32 (Z, Y, X) score, reference
+        label values). One ``"all"`` target (softmax: 1 − p(background); sigmoid: the largest
+        region probability), or one per class / region with ``by_class``."""
+        from volseg.inference.restore import label_values
+
+        p = probabilities
+        names = self.output_names()
+        if self.mode == "softmax":
+            values = [int(v) for v in label_values(self.outputs)]
+            if by_class:
+                return {names[k]: (p[k].astype(np.float32), (values[k],)) for k in range(1, p.shape[0])}
+            return {"all": (1.0 - p[0].astype(np.float32), tuple(values[1:]))}
+        regions = list(self.regions.values())
+        if by_class:
+            return {names[r]: (p[r].astype(np.float32), tuple(regions[r])) for r in range(p.shape[0])}
+        return {"all": (p.max(axis=0).astype(np.float32), tuple(sorted({v for r in regions for v in r})))}
+
+    def output_names(self) -> list[str]:
+        """Name of each output channel: the label names (softmax) or the region names (sigmoid)."""
+        if self.mode == "sigmoid":
+            return list(self.regions)
+        by_value = {int(v): k for k, v in self.plans["dataset"]["labels"].items() if not isinstance(v, list)}
+        return [by_value.get(int(v), f"label_{int(v)}") for v in self.outputs.get("class_values",
+                                                                                  range(self.outputs["num_outputs"]))]
+
+    def apply_conformal(self, prediction: CasePrediction, conformal: dict, calibration: dict,
+                        spacing: Sequence[float]) -> CasePrediction:
+        """Labels from the calibrated threshold(s) (``conformal["thresholds"]``: target → t; a voxel
+        is in a target's set when its score is above t) instead of the argmax; ``maps["possible"]``
+        marks the voxels the set adds to the plain prediction."""
+        from volseg.inference.restore import label_values
+
+        probs = prediction.probabilities if prediction.probabilities is not None else prediction.maps["probabilities"]
+        thresholds = conformal["thresholds"]
+        targets = self.conformal_targets(probs, conformal.get("by") == "class")
+        plain = prediction.labels
+        labels = np.zeros(plain.shape, np.uint8)
+        if self.mode == "softmax" and "all" in thresholds:
+            values = label_values(self.outputs)
+            inside = targets["all"][0] > np.float32(thresholds["all"])
+            labels[inside] = values[1 + np.argmax(probs[1:, inside], axis=0)]
+        elif self.mode == "softmax":
+            best = np.full(plain.shape, -1.0, np.float32)
+            for name, (score, values) in targets.items():
+                win = (score > np.float32(thresholds[name])) & (score > best)
+                labels[win], best[win] = values[0], score[win]
+        else:
+            order = sorted(range(probs.shape[0]), key=lambda r: -len(list(self.regions.values())[r]))
+            names, regions = list(self.regions), list(self.regions.values())
+            for r in order:
+                t = thresholds.get(names[r], thresholds.get("all"))
+                labels[probs[r].astype(np.float32) > np.float32(t)] = max(regions[r])
+        prediction.labels = labels
+        prediction.maps["possible"] = ((labels > 0) & (plain == 0)).astype(np.uint8)
+        return prediction
+
     def export(self, out_dir: Path, case_id: str, ending: str, geometry, prediction: CasePrediction) -> list[Path]:
         from volseg.inference.export import export_case
 
         return export_case(out_dir, case_id, ending, geometry, prediction.labels, prediction.probabilities,
-                           prediction.entropy)
+                           prediction.entropy, extra_maps=exported_maps(prediction))
 
     def done_file(self, out_dir: Path, case_id: str, ending: str) -> Path:
         return Path(out_dir) / f"{case_id}{ending}"
@@ -218,8 +297,8 @@ class SegmentationTask:
         """Nothing to gather: every case's files are complete on their own."""
 
     def validation_options(self) -> dict:
-        """Held-out cases are predicted with the defaults."""
-        return {}
+        """Held-out cases keep their fp16 probabilities: ``volseg calibrate`` calibrates on them."""
+        return {"save_probabilities": True}
 
     def evaluate_validation(self, pred_dir: Path, dataset_root: Path, case_ids: list[str]) -> dict:
         """Score the held-out predictions in ``pred_dir`` against the dataset's label maps (copied, or
