@@ -110,6 +110,11 @@ def test_calibrate_command_errors_are_one_line(tiny_model, predicted, tmp_path, 
         assert main([*base, "--alpha", alpha, "-o", str(tmp_path / "c.json")]) == 2
         err = capsys.readouterr().err.strip()
         assert words in err and "\n" not in err and "Traceback" not in err
+    for extra, words in ((["--by", "size", "--size-edges", "100", "10"], "strictly increasing"),
+                         (["--size-edges", "10"], "needs --by size"), (["--method", "crc", "--delta", "0.1"],
+                                                                       "takes no delta")):
+        assert main([*base, "--alpha", "0.5", *extra]) == 2
+        assert words in capsys.readouterr().err
     empty = tmp_path / "no_probs"
     empty.mkdir()
     assert main(["calibrate", str(tiny_model), "--risk", "lesion_fnr", "--alpha", "0.5", "--predictions", str(empty),

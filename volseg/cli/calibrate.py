@@ -43,13 +43,16 @@ def run(args: argparse.Namespace) -> int:
     from volseg.conformal.calibrate import calibrate_model
     from volseg.errors import VolsegError
 
-    if not 0.0 < args.coverage <= 1.0:
-        raise VolsegError(None, f"--coverage must be in (0, 1], got {args.coverage}")
+    if not 0.0 <= args.coverage < 1.0:
+        raise VolsegError(None, f"--coverage must be in [0, 1), got {args.coverage}")
     cal = calibrate_model(args.model, args.risk, args.alpha, delta=args.delta, by=args.by, method=args.method,
                           predictions=args.predictions, references=args.references, out=args.out,
                           coverage=args.coverage, size_edges=args.size_edges, pvalue=args.pvalue, fwer=args.fwer)
     print(cal["guarantee"])
     cc, naive = cal["calibration_cases"], cal["naive"]
+    if cal["n_cases"] > cal["n"]:
+        print(f"  {cal['n_cases'] - cal['n']} of the {cal['n_cases']} cases have no reference finding: they count "
+              "towards the price only")
     for g, rec in cal["groups"].items():
         print(f"  {g}: n = {rec['n']}, threshold {rec['threshold']:.2f}, calibration risk "
               f"{cc['empirical_risk'][g]:.3f} (at {naive['threshold']:.2f}: {naive['empirical_risk'][g]:.3f})")

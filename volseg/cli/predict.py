@@ -24,9 +24,10 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--save-probabilities", action="store_true",
                    help="also write maps/CASE_probabilities.npz (fp16, (K, Z, Y, X))")
     p.add_argument("--save-uncertainty", action="store_true",
-                   help="also write maps/CASE_entropy, maps/CASE_expected_entropy and maps/CASE_mutual_information "
-                        "(predictive entropy, its aleatoric and its epistemic part across folds and mirrors, nats), "
-                        "and each case's mean uncertainty in summary.json")
+                   help="also write maps/CASE_entropy (entropy of the fused prediction), maps/CASE_expected_entropy "
+                        "(mean entropy of the ensemble members, aleatoric) and maps/CASE_mutual_information (where "
+                        "folds and mirrors disagree, epistemic), in nats, and each case's mean uncertainty in "
+                        "summary.json")
     p.add_argument("--no-postprocessing", action="store_true", help="skip the model's connected-component rules")
     p.add_argument("--calibrated", action="store_true",
                    help="threshold at the calibrated value of MODEL/calibration.json (volseg calibrate) instead of the "
@@ -55,6 +56,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"{counts['done']} predicted, {counts['skipped']} skipped, {counts['failed']} failed → {args.out}")
     if "calibration" in summary:
         print(f"calibrated: {summary['calibration']['guarantee']}")
+        if summary["calibration"].get("warning"):
+            print(f"warning: {summary['calibration']['warning']}")
     for case_id, rec in summary["cases"].items():
         if rec["status"] == "failed":
             print(f"  failed {case_id}: {rec['error']}")

@@ -24,14 +24,15 @@ from typing import Sequence
 
 import numpy as np
 
-from volseg.conformal.risks import (DEFAULT_CONNECTIVITY, DEFAULT_COVERAGE, DEFAULT_GRID, CaseLosses, Risk, get_risk,
-                                    ordered_grid)
+from volseg.conformal.risks import (DEFAULT_CONNECTIVITY, DEFAULT_COVERAGE, DEFAULT_GRID, CaseLosses, Risk,
+                                    check_size_edges, get_risk, ordered_grid)
 from volseg.errors import VolsegError
 
 log = logging.getLogger(__name__)
 
 FORMAT = {"format": "volseg-calibration", "version": 1}
 NAIVE_THRESHOLD = 0.5
+WSR_SEED = 0
 
 
 def group_matrices(cases: Sequence[CaseLosses]) -> dict[str, tuple[list[str], np.ndarray]]:
@@ -50,6 +51,9 @@ def choose_method(risk: Risk, delta: float | None, method: str | None) -> str:
         raise VolsegError(None, f"--method must be crc or ltt, got {method!r}")
     if method == "ltt" and delta is None:
         raise VolsegError(None, "Learn-then-Test needs --delta (the allowed probability of exceeding alpha)")
+    if method == "crc" and delta is not None:
+        raise VolsegError(None, "--delta is a Learn-then-Test level: conformal risk control bounds the expected "
+                          "risk and takes no delta (drop --method crc, or --delta)")
     if method == "crc" and not risk.monotone:
         raise VolsegError(None, f"risk {risk.name} is not monotone in the threshold, so conformal risk control "
                           "does not apply: give --delta for Learn-then-Test")
@@ -74,6 +78,9 @@ def fit_calibration(cases: Sequence[CaseLosses], risk: str, alpha: float, grid: 
     if delta is not None and not 0.0 < delta < 1.0:
         raise VolsegError(None, f"--delta must be in (0, 1), got {delta}")
     method = choose_method(r, delta, method)
+    if method == "ltt" and pvalue == "wsr":  # the betting p-value depends on the order: a fixed shuffle
+        order = np.random.default_rng(WSR_SEED).permutation(len(cases))
+        cases = [cases[i] for i in order]
     matrices = group_matrices(cases)
     if not matrices:
         raise VolsegError(None, f"no calibration case has a reference finding, so {r.words} is undefined on all "
@@ -92,13 +99,14 @@ def fit_calibration(cases: Sequence[CaseLosses], risk: str, alpha: float, grid: 
     naive = int(np.argmin(np.abs(grid - NAIVE_THRESHOLD)))
     return {**FORMAT, "method": method, "risk": r.name, "risk_words": r.words, "alpha": alpha, "delta": delta,
             "pvalue": pvalue if method == "ltt" else None, "fwer": fwer if method == "ltt" else None,
-            "bound": 1.0, "by": by, "n": len(cases), "grid": [float(t) for t in grid],
+            "bound": 1.0, "by": by, "n": len({i for ids, _ in matrices.values() for i in ids}),
+            "n_cases": len(cases), "wsr_seed": WSR_SEED if method == "ltt" and pvalue == "wsr" else None,
+            "grid": [float(t) for t in grid],
             "grid_order": "safest first: thresholds " + ("ascending" if r.ascending else "descending"),
             "groups": groups, "thresholds": applied,
             "calibration_cases": _price(cases, matrices, grid, applied, by),
             "naive": {"threshold": float(grid[naive]), **_price(cases, matrices, grid, _same(applied, grid[naive]), by)},
-            "losses": {c.case_id: {g: [round(float(v), 6) for v in loss] for g, loss in c.losses.items()}
-                       for c in cases},
+            "losses": {c.case_id: {g: [float(v) for v in loss] for g, loss in c.losses.items()} for c in cases},
             "fp": {c.case_id: {g: [int(v) for v in fp] for g, fp in c.fp.items()} for c in cases}}
 
 
@@ -136,13 +144,21 @@ def _price(cases, matrices, grid, applied: dict, by: str | None) -> dict:
 def guarantee(cal: dict) -> str:
     """The calibration's guarantee in one sentence."""
     ts = ", ".join(f"{g} {t:.2f}" if g != "all" else f"{t:.2f}" for g, t in cal["thresholds"].items())
-    groups = "" if cal["by"] is None else f" in every {cal['by']} group ({', '.join(cal['groups'])})"
+    finding = "nodule" if cal["risk"].startswith("box") else "lesion"
+    fnr = cal["risk"].endswith("fnr")
+    cases = f"a new case with at least one reference {finding}" if fnr else "a new case"
+    sizes = "/".join(str(g["n"]) for g in cal["groups"].values())
+    if cal["by"] is None:
+        where, n = "", f"the {sizes} calibration cases"
+    else:
+        where, n = f", in each {cal['by']} group separately ({', '.join(cal['groups'])})", \
+            f"the calibration cases of each group ({sizes})"
     if cal["method"] == "crc":
-        return (f"At threshold {ts}, the expected {cal['risk_words']}{groups} on a new case exchangeable with the "
-                f"{cal['n']} calibration cases is at most {cal['alpha']:g} (conformal risk control).")
-    return (f"At threshold {ts}, the {cal['risk_words']}{groups} is at most {cal['alpha']:g} with probability at "
-            f"least {1 - cal['delta']:g} over the draw of the {cal['n']} calibration cases (Learn-then-Test, "
-            f"{cal['pvalue']} p-values, {cal['fwer'].replace('_', ' ')}).")
+        return (f"At threshold {ts}, the expected {cal['risk_words']} on {cases} exchangeable with {n} is at most "
+                f"{cal['alpha']:g}{where} (conformal risk control).")
+    return (f"At threshold {ts}, the expected {cal['risk_words']} on {cases} like {n} is at most {cal['alpha']:g}"
+            f"{where}, with probability at least {1 - cal['delta']:g} over the draw of the calibration cases "
+            f"(Learn-then-Test, {cal['pvalue']} p-values, {cal['fwer'].replace('_', ' ')}).")
 
 
 def calibrate_model(model_dir: str | Path, risk: str, alpha: float, *, delta: float | None = None,
@@ -190,6 +206,13 @@ def calibrate_model(model_dir: str | Path, risk: str, alpha: float, *, delta: fl
                           f"{', '.join(k for k, v in _risks().items() if v.kind == task.conformal_kind)}")
     if by == "size" and r.name == "lesion_fdr":
         raise VolsegError(None, "--by size groups reference lesions by size; false discoveries have none")
+    if size_edges is not None:
+        if by != "size":
+            raise VolsegError(None, "--size-edges needs --by size")
+        try:
+            size_edges = check_size_edges(size_edges)
+        except ValueError as e:
+            raise VolsegError(None, f"--size-edges: {e}") from None
     pairs = _pairs(model_dir, predictions, references)
     g = ordered_grid(r, grid)
     if r.kind == "boxes":
@@ -199,10 +222,16 @@ def calibrate_model(model_dir: str | Path, risk: str, alpha: float, *, delta: fl
     else:
         ending = plans["dataset"].get("file_ending", ".nii.gz")
         cases, edges = dense_case_losses(pairs, task, ending, r, g, by, size_edges, coverage, connectivity)
+    if by == "class":  # every class needs calibration cases, or predict would have no threshold for it
+        seen = {t for c in cases for t in c.losses}
+        unseen = sorted({t for c in cases for t in c.fp} - seen)
+        if unseen:
+            raise VolsegError(None, f"no calibration case has a reference lesion of {', '.join(unseen)}: "
+                              "calibrate without --by class, or with cases that have one")
     cal = fit_calibration(cases, r.name, alpha, g, delta=delta, method=method, by=by, pvalue=pvalue, fwer=fwer)
     cal.update(size_edges=edges, coverage=coverage if r.kind == "dense" else None,
                connectivity=connectivity if r.kind == "dense" else None, task=plans.get("task", "segmentation"),
-               sources=[{"predictions": str(p), "references": str(q)} for p, q in pairs])
+               sources=[{"predictions": str(p), "references": str(q), **prediction_settings(p)} for p, q in pairs])
     cal["guarantee"] = guarantee(cal)
     target = Path(out) if out else model_dir / "calibration.json"
     write_json(target, cal)
@@ -240,6 +269,33 @@ def assess_calibration(model_dir: str | Path, cal: dict, predictions: str | Path
     naive = float(g[int(np.argmin(np.abs(g - NAIVE_THRESHOLD)))])
     return {"n": len(cases), **_price(cases, matrices, g, cal["thresholds"], cal["by"]),
             "naive": {"threshold": naive, **_price(cases, matrices, g, _same(cal["thresholds"], naive), cal["by"])}}
+
+
+def prediction_settings(pred_dir: Path) -> dict:
+    """Folds and mirroring that made a prediction folder (its ``summary.json``), when known."""
+    import json
+
+    try:
+        s = json.loads((Path(pred_dir) / "summary.json").read_text(encoding="utf-8"))
+        return {"folds": [str(f) for f in s["folds"]], "tta": bool(s["tta"]), "configuration": s["configuration"]}
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
+
+
+def settings_warning(cal: dict, folds: Sequence[str], tta: bool, configuration: str) -> str | None:
+    """A warning when new cases are predicted otherwise than the calibration cases were (e.g. by an
+    ensemble of folds where each calibration case had one fold): exchangeability then fails, and
+    the guarantee may not hold in either direction."""
+    seen = [s for s in cal.get("sources", []) if "folds" in s]
+    if not seen:
+        return None
+    same_folds = all(len(s["folds"]) == len(folds) for s in seen)
+    if same_folds and all(s["tta"] == tta and s["configuration"] == configuration for s in seen):
+        return None
+    made = "; ".join(f"{'+'.join(s['folds'])} ({s['configuration']}, tta {'on' if s['tta'] else 'off'})" for s in seen)
+    return (f"calibrated on predictions by fold(s) {made}, but predicting with fold(s) {'+'.join(folds)} "
+            f"({configuration}, tta {'on' if tta else 'off'}): the guarantee assumes the same prediction settings; "
+            "calibrate on predictions made like these (--predictions with --references) to keep it")
 
 
 def _risks() -> dict:

@@ -148,6 +148,7 @@ def lesion_detection_scores(score: np.ndarray, labels: np.ndarray, n: int,
     starts = np.searchsorted(ids, np.arange(1, n + 1))
     sizes = np.bincount(ids, minlength=n + 1)[1:]
     need = np.floor(coverage * sizes).astype(np.int64) + 1
+    need += need / sizes <= coverage  # float rounding of coverage · size: keep "need / size > coverage" exact
     return vals[starts + np.minimum(need, sizes) - 1]
 
 
@@ -194,8 +195,16 @@ def size_group_names(edges: Sequence[float], unit: str) -> list[str]:
     return [f"<{e[0]} {unit}", *[f"{a}-{b} {unit}" for a, b in zip(e, e[1:])], f">={e[-1]} {unit}"]
 
 
+def check_size_edges(edges: Sequence[float]) -> list[float]:
+    """Size bin edges as floats: finite, positive and strictly increasing (``ValueError`` otherwise)."""
+    e = [float(v) for v in edges]
+    if not e or not all(np.isfinite(v) and v > 0 for v in e) or any(b <= a for a, b in zip(e, e[1:])):
+        raise ValueError(f"size edges must be positive and strictly increasing, got {list(edges)}")
+    return e
+
+
 def _bins(values: np.ndarray, edges: Sequence[float]) -> np.ndarray:
-    return np.searchsorted(np.asarray(edges, np.float64), values, side="right")
+    return np.searchsorted(np.asarray(check_size_edges(edges), np.float64), values, side="right")
 
 
 def dense_losses(case: DenseCase, risk: Risk, grid: np.ndarray, coverage: float = DEFAULT_COVERAGE,

@@ -34,7 +34,10 @@ class PredictOptions:
     memory_budget_gb: float | None = None
     postprocess: bool = True
     calibrated: bool = False  # apply MODEL/calibration.json (or calibration_file) instead of post-processing
-    calibration_file: str | None = None
+    calibration_file: str | None = None  # implies calibrated
+
+    def __post_init__(self) -> None:
+        self.calibrated = self.calibrated or bool(self.calibration_file)
 
 
 def resolve_device(device: str) -> torch.device:
@@ -138,9 +141,13 @@ def predict_folder(inputs: list, out_dir: str | Path, model: LoadedModel, option
     summary = {"model": str(model.root), "configuration": model.config_name, "folds": model.folds,
                "device": str(device), "tta": options.tta, "cases": {}}
     if conformal is not None:
-        from volseg.conformal.calibrate import summary_record
+        from volseg.conformal.calibrate import settings_warning, summary_record
 
         summary["calibration"] = summary_record(conformal, cal_file)
+        warning = settings_warning(conformal, model.folds, options.tta, model.config_name)
+        if warning:
+            log.warning("%s", warning)
+            summary["calibration"]["warning"] = warning
     for c in cases:
         if c not in todo:
             summary["cases"][c.case_id] = {"status": "skipped", "reason": "already predicted (--resume)"}

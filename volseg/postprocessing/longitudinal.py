@@ -136,11 +136,12 @@ def classify_lesions(probs: np.ndarray, spacing: Sequence[float],
     params = params or MatchingParams()
     if probs.ndim != 4 or probs.shape[0] != len(HEADS):
         raise ValueError(f"expected (4, Z, Y, X) probabilities ({', '.join(HEADS)}), got {probs.shape}")
-    t = np.float32(params.threshold)  # compared in float32 (a float16 map would round the threshold)
-    fu_mask = (probs[1] > t) | (probs[2] > t)
-    bl_mask = (probs[0] > t) | (probs[3] > t)
+    t = np.float32(params.threshold)
+    above = [np.asarray(probs[i], dtype=np.float32) > t for i in range(4)]  # float32: fp16 would round t
+    fu_mask = above[1] | above[2]
+    bl_mask = above[0] | above[3]
     if params.change_heads:
-        fu_mask, bl_mask = fu_mask & ~(probs[3] > t), bl_mask & ~(probs[2] > t)
+        fu_mask, bl_mask = fu_mask & ~above[3], bl_mask & ~above[2]
     fu, n_fu = _components(fu_mask, spacing, params)
     bl, n_bl = _components(bl_mask, spacing, params)
     g_fu, g_bl = _groups(fu, n_fu, bl, n_bl, params.min_match)

@@ -15,6 +15,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from volseg.errors import VolsegError
 from volseg.tasks.base import CasePrediction, register_task
 
 
@@ -55,8 +56,10 @@ EXPORTED_MAPS = ("possible", "expected_entropy", "mutual_information")
 
 
 def exported_maps(prediction: CasePrediction) -> dict[str, np.ndarray]:
-    """The maps of ``prediction.maps`` that export writes as ``maps/CASE_<name>`` images."""
-    return {k: prediction.maps[k] for k in EXPORTED_MAPS if prediction.maps.get(k) is not None}
+    """The maps of ``prediction.maps`` that export writes as ``maps/CASE_<name>`` images (the
+    uncertainty maps, the calibrated ``possible`` voxels and the per-class ``set_<class>`` masks)."""
+    return {k: v for k, v in prediction.maps.items()
+            if v is not None and (k in EXPORTED_MAPS or k.startswith("set_"))}
 
 
 class ComponentRules:
@@ -237,9 +240,11 @@ class SegmentationTask:
         names = self.output_names()
         if self.mode == "softmax":
             values = [int(v) for v in label_values(self.outputs)]
+            used = {int(v) for v in self.outputs.get("class_values", values)}
             if by_class:
-                return {names[k]: (p[k].astype(np.float32), (values[k],)) for k in range(1, p.shape[0])}
-            return {"all": (1.0 - p[0].astype(np.float32), tuple(values[1:]))}
+                return {names[k]: (p[k].astype(np.float32), (values[k],)) for k in range(1, p.shape[0])
+                        if values[k] in used}
+            return {"all": (1.0 - p[0].astype(np.float32), tuple(v for v in values[1:] if v in used))}
         regions = list(self.regions.values())
         if by_class:
             return {names[r]: (p[r].astype(np.float32), tuple(regions[r])) for r in range(p.shape[0])}
@@ -250,19 +255,27 @@ class SegmentationTask:
         if self.mode == "sigmoid":
             return list(self.regions)
         by_value = {int(v): k for k, v in self.plans["dataset"]["labels"].items() if not isinstance(v, list)}
-        return [by_value.get(int(v), f"label_{int(v)}") for v in self.outputs.get("class_values",
-                                                                                  range(self.outputs["num_outputs"]))]
+        return [by_value.get(k, f"label_{k}") for k in range(self.outputs["num_outputs"])]
 
     def apply_conformal(self, prediction: CasePrediction, conformal: dict, calibration: dict,
                         spacing: Sequence[float]) -> CasePrediction:
         """Labels from the calibrated threshold(s) (``conformal["thresholds"]``: target → t; a voxel
         is in a target's set when its score is above t) instead of the argmax; ``maps["possible"]``
-        marks the voxels the set adds to the plain prediction."""
+        marks the voxels the set adds to the plain prediction. Per class (``by == "class"``) the
+        sets may overlap, so each is also kept as ``maps["set_<class>"]``: the guarantee is about
+        those masks, while the label map gives an overlap voxel to its most probable class."""
         from volseg.inference.restore import label_values
 
         probs = prediction.probabilities if prediction.probabilities is not None else prediction.maps["probabilities"]
         thresholds = conformal["thresholds"]
         targets = self.conformal_targets(probs, conformal.get("by") == "class")
+        missing = [name for name in targets if name not in thresholds]
+        if missing:
+            raise VolsegError(None, f"the calibration has no threshold for {', '.join(missing)} (no calibration case "
+                              "had such a lesion): calibrate again without --by class, or with cases that have one")
+        if conformal.get("by") == "class":
+            for name, (score, _) in targets.items():
+                prediction.maps[f"set_{name}"] = (score > np.float32(thresholds[name])).astype(np.uint8)
         plain = prediction.labels
         labels = np.zeros(plain.shape, np.uint8)
         if self.mode == "softmax" and "all" in thresholds:
@@ -278,7 +291,7 @@ class SegmentationTask:
             order = sorted(range(probs.shape[0]), key=lambda r: -len(list(self.regions.values())[r]))
             names, regions = list(self.regions), list(self.regions.values())
             for r in order:
-                t = thresholds.get(names[r], thresholds.get("all"))
+                t = thresholds[names[r]] if names[r] in thresholds else thresholds["all"]
                 labels[probs[r].astype(np.float32) > np.float32(t)] = max(regions[r])
         prediction.labels = labels
         prediction.maps["possible"] = ((labels > 0) & (plain == 0)).astype(np.uint8)
