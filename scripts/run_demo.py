@@ -19,6 +19,7 @@ and ``evaluation_<name>/`` (summary.json, CSV, plots).
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 import time
@@ -53,8 +54,13 @@ def run_ms(args, out: Path, timings: dict) -> dict:
     with stage("ms: train", timings):  # ends with the held-out fold predicted and the lesion matching fitted
         fold_dir = volseg.train(plan_dir, fold=0, epochs=args.epochs, iterations=args.iters,
                                 time_limit_minutes=args.train_minutes or None)
+    with stage("ms: calibrate", timings):  # missed lesions per case, on the held-out fold's probabilities
+        cal = calibrate(fold_dir.parent, "lesion_fnr", args.alpha)
     with stage("ms: predict", timings):
         volseg.predict([data / "imagesTs"], out / "predictions_ms", fold_dir.parent, save_uncertainty=True)
+        if cal is not None:
+            volseg.predict([data / "imagesTs"], out / "predictions_ms_calibrated", fold_dir.parent, calibrated=True,
+                           save_probabilities=True)
     with stage("ms: evaluate", timings):
         validation = fold_dir / "validation"
         regions = {"followup_lesions": (1, 2), "all_lesions": (1, 2, 3)}
@@ -62,7 +68,45 @@ def run_ms(args, out: Path, timings: dict) -> dict:
                                    dataset_dir=data, images_dir=data / "imagesTr", regions=regions, lesion_wise=True)
         test = volseg.evaluate(out / "predictions_ms", data / "labelsTs", out / "evaluation_ms" / "test",
                                dataset_dir=data, images_dir=data / "imagesTs", regions=regions, lesion_wise=True)
-    return {"held-out fold": held_out, "test cases": test}
+        if cal is None:
+            return {"held-out fold": held_out, "test cases": test, "calibration": None}
+        calibrated = out / "predictions_ms_calibrated"
+        cal["test"] = assess_calibration(fold_dir.parent, cal, calibrated, data / "labelsTs")
+        # against the threshold that the lesion matching chose on the same held-out cases
+        matching = json.loads((fold_dir.parent / "lesion_matching.json").read_text())["threshold"]
+        plain = assess_calibration(fold_dir.parent, {**cal, "thresholds": {"all": matching}}, calibrated,
+                                   data / "labelsTs")
+        cal["test"]["naive"] = {"threshold": matching, "empirical_risk": plain["empirical_risk"],
+                                "fp_per_case": plain["fp_per_case"]}
+    return {"held-out fold": held_out, "test cases": test, "calibration": cal}
+
+
+def calibrate(model_dir: Path, risk: str, alpha: float) -> dict | None:
+    """Calibrate at ``alpha``, or at the smallest larger level with a finite threshold on the few
+    held-out cases of the demo (n cases allow alpha >= 1 / (n + 1)); None when none up to 0.5 has one."""
+    import volseg
+    from volseg.errors import VolsegError
+
+    for level in sorted({alpha, 0.25, 1 / 3, 0.5}):
+        if level < alpha:
+            continue
+        try:
+            cal = volseg.calibrate(model_dir, risk, level)
+        except VolsegError as e:
+            if "calibration cases" not in str(e):
+                raise
+            print(f"   alpha {level:.2f} needs more calibration cases; trying a larger one")
+            continue
+        print(f"   {cal['guarantee']}")
+        return cal
+    print(f"   {model_dir}: no level up to 0.5 can be calibrated on its held-out cases; skipping calibration")
+    return None
+
+
+def assess_calibration(model_dir: Path, cal: dict, predictions: Path, references: Path) -> dict:
+    from volseg.conformal.calibrate import assess_calibration as assess
+
+    return assess(model_dir, cal, predictions, references)
 
 
 def run_lung(args, out: Path, timings: dict) -> dict:
@@ -85,11 +129,29 @@ def run_lung(args, out: Path, timings: dict) -> dict:
         print(plan_table(plans))
     with stage("lung: train", timings):  # ends with FROC on the held-out fold and the detection sweep
         fold_dir = volseg.train(plan_dir, fold=0, epochs=args.lung_epochs, iterations=args.iters)
+    with stage("lung: calibrate", timings):  # missed nodules per scan, on the held-out fold's candidates
+        cal = calibrate(fold_dir.parent, "box_fnr", args.alpha)
     with stage("lung: predict", timings):
         volseg.predict([data / "imagesTs"], out / "predictions_lung", fold_dir.parent)
+        if cal is not None:
+            volseg.predict([data / "imagesTs"], out / "predictions_lung_calibrated", fold_dir.parent,
+                           calibrated=True)
     with stage("lung: evaluate", timings):
-        return evaluate_detection_csv(out / "predictions_lung" / "candidates.csv", data / "annotationsTs.csv",
-                                      out / "evaluation_lung", scans=data / "scansTs.txt")
+        summary = evaluate_detection_csv(out / "predictions_lung" / "candidates.csv", data / "annotationsTs.csv",
+                                         out / "evaluation_lung", scans=data / "scansTs.txt")
+        summary["calibration"] = cal
+        if cal is None:
+            return summary
+        annotations = data / "annotationsTs.csv"
+        cal["test"] = assess_calibration(fold_dir.parent, cal, out / "predictions_lung_calibrated", annotations)
+        # the plain boxes are those scoring at least the detection sweep's threshold
+        sweep = json.loads((fold_dir.parent / "detection_sweep.json").read_text())["score_threshold"]
+        plain = assess_calibration(fold_dir.parent, {**cal, "thresholds": {"all": sweep}}, out / "predictions_lung",
+                                   annotations)
+        cal["test"]["naive"] = {"threshold": sweep, "empirical_risk": plain["empirical_risk"],
+                                "fp_per_case": plain["fp_per_case"]}
+        summary["calibration"] = cal
+        return summary
 
 
 def main() -> int:
@@ -109,6 +171,9 @@ def main() -> int:
                          "then depend on its speed (default 0: no limit)")
     ap.add_argument("--lung-cases", type=int, default=20, help="training cases of the lung demo (default 20)")
     ap.add_argument("--lung-test", type=int, default=8, help="annotated test cases of the lung demo (default 8)")
+    ap.add_argument("--alpha", type=float, default=0.1,
+                    help="risk level of the calibrated thresholds (missed lesions per case, missed nodules per "
+                         "scan); raised to the smallest level the held-out fold can calibrate (default 0.1)")
     ap.add_argument("--lung-epochs", type=int, default=20,
                     help="lung detector training epochs (default 20: 400 iterations)")
     args = ap.parse_args()
@@ -125,10 +190,26 @@ def _num(value) -> str:
     return "–" if value is None or value != value else f"{value:.2f}"
 
 
+def print_calibration(name: str, cal: dict, what: str) -> None:
+    """The calibrated threshold, its guarantee, and its risk and price on the test cases against the plain one."""
+    if cal is None:
+        return
+    test, t = cal["test"], cal["thresholds"]["all"]
+    print(f"\n== {name}: calibrated threshold (conformal risk control on {cal['n']} held-out cases) ==")
+    print(cal["guarantee"])
+    print(f"{'threshold':<12}{'test ' + cal['risk']:>16}{'FP ' + what + '/case':>20}")
+    print(f"{t:<12.2f}{test['empirical_risk'].get('all', float('nan')):>16.3f}{test['fp_per_case']:>20.2f}")
+    naive = test["naive"]
+    print(f"{naive['threshold']:<12.2f}{naive['empirical_risk'].get('all', float('nan')):>16.3f}"
+          f"{naive['fp_per_case']:>20.2f}   (the plain prediction's threshold)")
+
+
 def print_results(ms: dict | None, lung: dict | None, timings: dict, out: Path) -> None:
     """Dice per class and lesion-wise F1 (MS), CPM and FROC points (lung), time per stage."""
     if ms is not None:
         for part, summary in ms.items():
+            if part == "calibration":
+                continue
             cases = summary["counts"]["evaluated"]
             print(f"\n== MS lesions: {part} ({cases} cases; lesion-wise: MSSEG-2 matching) ==")
             print(f"{'label':<20}{'Dice':>7}{'F1':>7}{'sens':>7}{'PPV':>7}{'nFP*':>7}")
@@ -140,11 +221,13 @@ def print_results(ms: dict | None, lung: dict | None, timings: dict, out: Path) 
                          pooled.get("precision"), free.get("nFP_mean")]
                 print(f"{name:<20}" + "".join(f"{_num(v):>7}" for v in cells))
         print("* nFP: mean number of false-positive lesions on the cases without a lesion of that kind")
+        print_calibration("MS lesions", ms["calibration"], "lesions")
     if lung is not None:
         print(f"\n== lung nodules: {lung['counts']['scans']} test scans, {lung['counts']['nodules']} nodules ==")
         lo, hi = lung["cpm_ci"]
         print(f"CPM {lung['cpm']:.3f}  (95% CI {lo:.3f}–{hi:.3f})")
         print("sensitivity at FP/scan  " + "  ".join(f"{r}: {s:.2f}" for r, s in lung["sensitivity"].items()))
+        print_calibration("lung nodules", lung["calibration"], "boxes")
     print(f"\n{'stage':<22}{'seconds':>8}")
     for name, sec in timings.items():
         print(f"{name:<22}{sec:>8.1f}")

@@ -156,3 +156,16 @@ def test_failed_write_leaves_neither_file_nor_temporary(tmp_path):
         write_case_boxes(tmp_path, "c", {"boxes": [object()]})
     assert json.loads((tmp_path / "c_boxes.json").read_text())["num_boxes"] == 1
     assert _no_temporaries(tmp_path)
+
+
+def test_box_uncertainty_is_the_mean_inside_each_box():
+    from volseg.detection.export import box_uncertainty
+
+    m = np.zeros((8, 8, 8), np.float16)
+    m[2:4, 2:4, 2:4] = 1.0
+    boxes = np.array([[2, 2, 2, 4, 4, 4], [1.5, 2, 2, 4, 4, 4], [6, 6, 6, 6, 6, 6]], float)
+    out = box_uncertainty(boxes, {"entropy": m})
+    assert out[0]["entropy"] == 1.0 and out[1]["entropy"] == pytest.approx(8 / 12) and np.isnan(out[2]["entropy"])
+    rec = case_boxes_record("c", boxes[:1], np.array([0.5]), np.array([0]), Geometry((8, 8, 8), (1.0, 1.0, 1.0)),
+                            ["nodule"], out[:1])
+    assert rec["boxes"][0]["uncertainty"] == {"entropy": 1.0}

@@ -155,8 +155,8 @@ def guarantee(cal: dict) -> str:
             f"the calibration cases of each group ({sizes})"
     if cal["method"] == "crc":
         return (f"At threshold {ts}, the expected {cal['risk_words']} on {cases} exchangeable with {n} is at most "
-                f"{cal['alpha']:g}{where} (conformal risk control).")
-    return (f"At threshold {ts}, the expected {cal['risk_words']} on {cases} like {n} is at most {cal['alpha']:g}"
+                f"{cal['alpha']:.3g}{where} (conformal risk control).")
+    return (f"At threshold {ts}, the expected {cal['risk_words']} on {cases} like {n} is at most {cal['alpha']:.3g}"
             f"{where}, with probability at least {1 - cal['delta']:g} over the draw of the calibration cases "
             f"(Learn-then-Test, {cal['pvalue']} p-values, {cal['fwer'].replace('_', ' ')}).")
 

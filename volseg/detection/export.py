@@ -95,8 +95,24 @@ def _class_name(names: Sequence[str] | Mapping[int, str], k: int) -> str:
                          f"(0-based foreground classes)") from None
 
 
+def box_uncertainty(boxes_input_vox: np.ndarray, maps: Mapping[str, np.ndarray]) -> list[dict[str, float]]:
+    """Per box, the mean of each (Z, Y, X) uncertainty map (nats) over the voxels the box covers
+    (its half-open extent rounded outwards, clipped to the image; NaN for an empty box)."""
+    out = []
+    for b in np.asarray(boxes_input_vox, dtype=np.float64).reshape(-1, 6):
+        rec = {}
+        for name, m in maps.items():
+            lo = np.clip(np.floor(b[:3]).astype(int), 0, m.shape)
+            hi = np.clip(np.ceil(b[3:]).astype(int), 0, m.shape)
+            region = m[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]]
+            rec[name] = float(region.astype(np.float64).mean()) if region.size else float("nan")
+        out.append(rec)
+    return out
+
+
 def case_boxes_record(case_id: str, boxes_input_vox: np.ndarray, scores: np.ndarray, classes: np.ndarray,
-                      geometry: Geometry, class_names: Sequence[str] | Mapping[int, str]) -> dict:
+                      geometry: Geometry, class_names: Sequence[str] | Mapping[int, str],
+                      uncertainty: Sequence[Mapping[str, float]] | None = None) -> dict:
     """The ``CASE_boxes.json`` record of one case (format in the module docstring).
 
     Args:
@@ -107,6 +123,8 @@ def case_boxes_record(case_id: str, boxes_input_vox: np.ndarray, scores: np.ndar
         classes: (N,) 0-based foreground class indices.
         geometry: The input image's grid.
         class_names: Name of each foreground class, indexed by class (a list, or a mapping).
+        uncertainty: Per box, mean uncertainty maps inside it (:func:`box_uncertainty`), written
+            as the box's ``uncertainty``.
 
     Returns:
         A JSON-ready dict; boxes sorted by descending score (ties keep their order).
@@ -137,6 +155,9 @@ def case_boxes_record(case_id: str, boxes_input_vox: np.ndarray, scores: np.ndar
                         "centre_world_mm": [float(v) for v in centres[i]],
                         "diameter_mm": float(diameters[i]), "score": float(s[i]), "class": k,
                         "class_name": _class_name(class_names, k)})
+        if uncertainty is not None:
+            entries[-1]["uncertainty"] = {n: (round(v, 6) if np.isfinite(v) else None)
+                                          for n, v in uncertainty[i].items()}
     return {"case_id": str(case_id), "axis_order": AXIS_ORDER, "world": WORLD, "geometry": geometry.to_dict(),
             "num_boxes": len(entries), "boxes": entries}
 

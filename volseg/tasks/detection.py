@@ -190,11 +190,15 @@ class DetectionTask(SegmentationTask):
 
     def export(self, out_dir: Path, case_id: str, ending: str, geometry, prediction: CasePrediction) -> list[Path]:
         """The segmentation head's label map, then ``CASE_boxes.json`` (written last)."""
-        from volseg.detection.export import case_boxes_record, write_case_boxes
+        from volseg.detection.export import box_uncertainty, case_boxes_record, write_case_boxes
 
         written = super().export(out_dir, case_id, ending, geometry, prediction)
         b = prediction.boxes
-        record = case_boxes_record(case_id, b["boxes"], b["scores"], b["classes"], geometry, self.class_names)
+        maps = {"entropy": prediction.entropy, **{k: prediction.maps[k] for k in ("expected_entropy",
+                                                                                  "mutual_information")
+                                                  if prediction.maps.get(k) is not None}}
+        unc = box_uncertainty(b["boxes"], maps) if prediction.entropy is not None else None
+        record = case_boxes_record(case_id, b["boxes"], b["scores"], b["classes"], geometry, self.class_names, unc)
         written.append(write_case_boxes(out_dir, case_id, record))
         return written
 
