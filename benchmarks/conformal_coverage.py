@@ -22,9 +22,15 @@ the misclassified voxels (the plain label map against the reference) from the ot
 predicted lesion, the AUROC of its mean uncertainty for telling false-positive lesions from
 true ones.
 
+Nodule boxes (``--dataset lung``): a trained lung demo detector (``--model``, e.g. the main
+job's ``demo_run/plan_lung/models/3d_cpu``; trained with the main job's settings when not
+given) predicts ``--test`` unseen scans of the lung demo (all candidates, no sweep), and
+``box_fnr`` (missed nodules per scan) is calibrated by CRC over the same random splits; the
+price is false-positive boxes per scan, against the detection sweep's threshold.
+
 Usage:
-    python benchmarks/conformal_coverage.py [--work DIR] [--test 60] [--splits 1000] [--n-cal 20]
-        [--alpha 0.1] [--alpha-fdr 0.3] [--delta 0.1] [--model MODEL]
+    python benchmarks/conformal_coverage.py [--dataset ms|lung] [--work DIR] [--test 60] [--splits 1000]
+        [--n-cal 20] [--alpha 0.1] [--alpha-fdr 0.3] [--delta 0.1] [--model MODEL]
 """
 
 from __future__ import annotations
@@ -61,13 +67,13 @@ def train_model(work: Path, args) -> tuple[Path, Path]:
     return data, model
 
 
-def predict_cases(data: Path, model: Path, out: Path) -> float:
+def predict_cases(data: Path, model: Path, out: Path, boxes: bool = False) -> float:
     """Predict the test cases like a held-out fold (probabilities, uncertainty, no post-processing)."""
     import volseg
 
     t0 = time.perf_counter()
     if not (out / "summary.json").is_file():
-        volseg.predict([data / "imagesTs"], out, model, save_probabilities=True, save_uncertainty=True,
+        volseg.predict([data / "imagesTs"], out, model, save_probabilities=not boxes, save_uncertainty=not boxes,
                        postprocess=False, progress=False)
     return time.perf_counter() - t0
 
@@ -137,7 +143,8 @@ MAPS = {"predictive entropy": "entropy", "expected entropy": "expected_entropy",
         "mutual information": "mutual_information"}
 
 
-def uncertainty_vs_errors(pred: Path, data: Path, seed: int, max_voxels: int = 3_000_000) -> dict:
+def uncertainty_vs_errors(pred: Path, labels_dir: Path, images_dir: Path, seed: int,
+                          max_voxels: int = 3_000_000) -> dict:
     """Voxel- and lesion-level AUROC of the uncertainty maps for the errors of the plain labels."""
     import cc3d
 
@@ -150,8 +157,8 @@ def uncertainty_vs_errors(pred: Path, data: Path, seed: int, max_voxels: int = 3
     per_case = max(1, max_voxels // max(1, len(ids)))
     for case in ids:
         labels, _ = read_image(pred / f"{case}.nii.gz")
-        ref, _ = read_image(data / "labelsTs" / f"{case}.nii.gz")
-        image, _ = read_image(data / "imagesTs" / f"{case}_0000.nii.gz")
+        ref, _ = read_image(labels_dir / f"{case}.nii.gz")
+        image, _ = read_image(images_dir / f"{case}_0000.nii.gz")
         maps = {name: read_image(pred / "maps" / f"{case}_{m}.nii.gz")[0] for name, m in MAPS.items()
                 if (pred / "maps" / f"{case}_{m}.nii.gz").is_file()}
         head = np.flatnonzero(image.ravel() > 0)
@@ -178,13 +185,16 @@ def uncertainty_vs_errors(pred: Path, data: Path, seed: int, max_voxels: int = 3
     return out
 
 
-def plot(results: dict, grids: dict, losses: dict, unc: dict, out: Path) -> list[Path]:
+def plot(results: dict, grids: dict, losses: dict, unc: dict, out: Path,
+         filename: str = "conformal_coverage.png") -> list[Path]:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     paths = []
+    if not results:
+        return paths + _uncertainty_figure(unc, out, plt)
     fig, axes = plt.subplots(1, 3, figsize=(14, 4))
     for name, res in results.items():
         g, m = grids[name], losses[name]
@@ -194,7 +204,8 @@ def plot(results: dict, grids: dict, losses: dict, unc: dict, out: Path) -> list
     for name, res in results.items():
         axes[1].axvline(res["alpha"], color="k", lw=0.8)
     axes[0].set(xlabel="threshold", ylabel="mean loss over cases", title="risk against the threshold")
-    axes[0].axhline(0.1, color="k", lw=0.8, ls=":")
+    for res in results.values():
+        axes[0].axhline(res["alpha"], color="k", lw=0.8, ls=":")
     axes[1].set(xlabel="test risk per split", ylabel="splits", title="test risk at the calibrated threshold")
     rel = unc.get("_reliability")
     if rel:
@@ -204,9 +215,14 @@ def plot(results: dict, grids: dict, losses: dict, unc: dict, out: Path) -> list
     for ax in axes[:2]:
         ax.legend(fontsize=8)
     fig.tight_layout()
-    paths.append(out / "conformal_coverage.png")
+    paths.append(out / filename)
     fig.savefig(paths[-1], dpi=110)
     plt.close(fig)
+    return paths + _uncertainty_figure(unc, out, plt)
+
+
+def _uncertainty_figure(unc: dict, out: Path, plt) -> list[Path]:
+    paths = []
     if unc.get("_curves"):
         fig, ax = plt.subplots(figsize=(5, 4.5))
         for name, (s, e) in unc["_curves"].items():
@@ -244,13 +260,48 @@ def reliability(lesion_rows: list[dict], bins: int = 8) -> dict:
             "lesions": [int((idx == b).sum()) for b in used]}
 
 
+def run_lung(args, work: Path) -> dict:
+    """Box FNR per scan on unseen lung demo scans, over random calibration/test splits."""
+    import volseg
+    from volseg.conformal.cases import box_case_losses
+    from volseg.conformal.risks import get_risk, ordered_grid
+    from volseg.demo import generate_lung_dataset
+    from volseg.planning.plans import save_plans
+
+    data = work / "data"
+    if not (data / "dataset.json").is_file():
+        generate_lung_dataset(data, num_cases=args.cases, num_test=args.test, seed=args.seed)
+    t0 = time.perf_counter()
+    model = Path(args.model) if args.model else work / "plan" / "models" / CONFIG
+    if not (model / "fold_0" / "checkpoint_final.pt").is_file():
+        plans = volseg.plan(data, work / "plan", device="cpu")
+        plans["configurations"][CONFIG]["inference"]["mirror_axes"] = [2]  # as the main job
+        save_plans(plans, work / "plan" / "plans.json")
+        volseg.train(work / "plan", fold=0, epochs=args.epochs, iterations=args.iters, progress=False)
+    t_train = time.perf_counter() - t0
+    pred = work / "predictions"
+    t_pred = predict_cases(data, model, pred, boxes=True)
+    grid = ordered_grid(get_risk("box_fnr"))
+    cases, _ = box_case_losses([(pred, data / "annotationsTs.csv")], grid, None)
+    rows, m, fp, n = splits(cases, grid, args.n_cal, args.alpha, args.splits, args.seed, None)
+    sweep = json.loads((model / "detection_sweep.json").read_text())["score_threshold"]
+    j = int(np.argmin(np.abs(grid - sweep)))
+    res = {"method": "crc", "cases_with_lesions": n, **summarize(rows, args.alpha, args.n_cal, None),
+           "sweep_threshold": sweep, "sweep_risk_all_cases": float(m[:, j].mean()),
+           "sweep_fp_per_case": float(np.mean([c.fp["all"][j] for c in cases])), "scans": len(cases)}
+    res["_rows"] = rows
+    return {"risks": {"box_fnr": res}, "grids": {"box_fnr": grid}, "losses": {"box_fnr": m},
+            "train_seconds": round(t_train, 1), "predict_seconds": round(t_pred, 1)}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--dataset", choices=["ms", "lung"], default="ms")
     ap.add_argument("--work", default="bench_conformal")
     ap.add_argument("--model", help="a trained MS demo model folder to reuse (default: train one)")
-    ap.add_argument("--cases", type=int, default=12)
+    ap.add_argument("--cases", type=int, help="training cases (default: the main job's, 12 MS / 20 lung)")
     ap.add_argument("--test", type=int, default=60)
-    ap.add_argument("--epochs", type=int, default=18)
+    ap.add_argument("--epochs", type=int, help="training epochs (default: the main job's, 18 MS / 20 lung)")
     ap.add_argument("--iters", type=int, default=20)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--splits", type=int, default=1000)
@@ -258,9 +309,36 @@ def main() -> int:
     ap.add_argument("--alpha", type=float, default=0.1)
     ap.add_argument("--alpha-fdr", type=float, default=0.3)
     ap.add_argument("--delta", type=float, default=0.1)
+    ap.add_argument("--uncertainty", nargs=3, metavar=("PRED", "LABELS", "IMAGES"),
+                    help="only the uncertainty-against-errors analysis of one prediction folder (with "
+                         "--save-uncertainty maps), e.g. a model's fold_0/validation, its reference/ and imagesTr")
     args = ap.parse_args()
+    if args.uncertainty:
+        pred, labels, images = (Path(p) for p in args.uncertainty)
+        unc = uncertainty_vs_errors(pred, labels, images, args.seed)
+        Path(args.work).mkdir(parents=True, exist_ok=True)
+        figures = plot({}, {}, {}, unc, Path(args.work))
+        report = {"cpu": cpu_name(), "predictions": str(pred), "risks": {},
+                  "uncertainty": {k: v for k, v in unc.items() if not k.startswith("_")},
+                  "figures": [str(p) for p in figures]}
+        (Path(args.work) / "uncertainty.json").write_text(json.dumps(report, indent=2))
+        print(markdown(report))
+        return 0
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
+    lung = args.dataset == "lung"
+    args.cases = args.cases or (20 if lung else 12)
+    args.epochs = args.epochs or (20 if lung else 18)
+    if lung:
+        out = run_lung(args, work)
+        figures = plot(out["risks"], out["grids"], out["losses"], {}, work, "conformal_coverage_lung.png")
+        report = {"cpu": cpu_name(), "dataset": "lung", "test_cases": args.test,
+                  "train_seconds": out["train_seconds"], "predict_seconds": out["predict_seconds"],
+                  "risks": {k: {kk: vv for kk, vv in v.items() if not kk.startswith("_")}
+                            for k, v in out["risks"].items()}, "figures": [str(p) for p in figures]}
+        (work / "conformal_coverage_lung.json").write_text(json.dumps(report, indent=2))
+        print(markdown(report))
+        return 0
     t0 = time.perf_counter()
     data, model = train_model(work, args)
     t_train = time.perf_counter() - t0
@@ -274,9 +352,9 @@ def main() -> int:
         results[risk] = {"method": "ltt" if delta else "crc", "cases_with_lesions": n,
                          **summarize(rows, alpha, args.n_cal, delta), "_rows": rows}
         grids[risk], losses[risk] = grid, m
-    unc = uncertainty_vs_errors(pred, data, args.seed)
+    unc = uncertainty_vs_errors(pred, data / "labelsTs", data / "imagesTs", args.seed)
     figures = plot({k: v for k, v in results.items() if k != "lesion_fdr"}, grids, losses, unc, work)
-    report = {"cpu": cpu_name(), "test_cases": args.test, "train_seconds": round(t_train, 1),
+    report = {"cpu": cpu_name(), "dataset": "ms", "test_cases": args.test, "train_seconds": round(t_train, 1),
               "predict_seconds": round(t_pred, 1),
               "risks": {k: {kk: vv for kk, vv in v.items() if not kk.startswith("_")} for k, v in results.items()},
               "uncertainty": {k: v for k, v in unc.items() if not k.startswith("_")},
@@ -287,10 +365,14 @@ def main() -> int:
 
 
 def markdown(report: dict) -> str:
-    lines = [f"CPU: {report['cpu']}; {report['test_cases']} unseen MS demo cases; "
-             f"{next(iter(report['risks'].values()))['splits']} random calibration/test splits",
-             "", "| risk | method | α (δ) | n cal | mean test risk | 5–95% | CRC bound α−2/(n+1) | share > α | "
-             "threshold | FP lesions/case | at 0.5: risk, FP/case |", "|---" * 11 + "|"]
+    if not report["risks"]:
+        lines = [f"CPU: {report['cpu']}; {report['predictions']}"]
+    else:
+        lines = [f"CPU: {report['cpu']}; {report['test_cases']} unseen {report['dataset']} demo cases; "
+                 f"{next(iter(report['risks'].values()))['splits']} random calibration/test splits"]
+    if report["risks"]:
+        lines += ["", "| risk | method | α (δ) | n cal | mean test risk | 5–95% | CRC bound α−2/(n+1) | share > α | "
+                  "threshold | FP/case | at 0.5: risk, FP/case |", "|---" * 11 + "|"]
     for name, r in report["risks"].items():
         q = r["test_risk_quantiles"]
         level = f"{r['alpha']} ({r['delta']})" if r["delta"] else f"{r['alpha']}"
@@ -299,7 +381,9 @@ def markdown(report: dict) -> str:
                      f"{r.get('crc_lower_bound', float('nan')):.3f} | {r.get('share_above_alpha', float('nan')):.3f} | "
                      f"{r['threshold_median']:.2f} | {r['fp_per_case']:.2f} | "
                      f"{r['naive']['mean_test_risk']:.3f}, {r['naive']['fp_per_case']:.2f} |")
-    u = report["uncertainty"]
+    u = report.get("uncertainty")
+    if u is None:
+        return "\n".join(lines)
     lines += ["", f"Uncertainty against errors ({u['cases']} cases, {u['voxels']} head voxels, error rate "
               f"{u['error_rate']:.4f}; {u['lesions']} predicted lesions, {u['false_positive_lesions']} false):", "",
               "| map | voxel AUROC | lesion AUROC (false vs true lesions) |", "|---|---|---|"]

@@ -178,6 +178,10 @@ class DetectionTask(SegmentationTask):
 
     conformal_kind = "boxes"
 
+    def validation_options(self) -> dict:
+        """Held-out boxes (``candidates.csv``, calibrated on) with their mean uncertainty."""
+        return {"save_uncertainty": True}
+
     def apply_conformal(self, prediction: CasePrediction, conformal: dict, calibration: dict,
                         spacing: Sequence[float]) -> CasePrediction:
         """Keep the boxes scoring at least the calibrated threshold (no size limit: the

@@ -280,8 +280,9 @@ class LongitudinalTask(SegmentationTask):
         return LongitudinalLoss(named.name, named.loss, config["longitudinal"].get("consistency_weight", 1.0))
 
     def validation_options(self) -> dict:
-        """Held-out predictions keep their probabilities: the lesion matching is fitted on them."""
-        return {"save_probabilities": True}
+        """Held-out predictions keep their probabilities (the lesion matching and ``volseg calibrate``
+        are fitted on them) and their uncertainty maps."""
+        return {"save_probabilities": True, "save_uncertainty": True}
 
     def restore(self, result, props: dict, geometry, options) -> CasePrediction:
         """The four maps on the input grid, lesions matched with the plan's default settings."""

@@ -310,8 +310,9 @@ class SegmentationTask:
         """Nothing to gather: every case's files are complete on their own."""
 
     def validation_options(self) -> dict:
-        """Held-out cases keep their fp16 probabilities: ``volseg calibrate`` calibrates on them."""
-        return {"save_probabilities": True}
+        """Held-out cases keep their fp16 probabilities (``volseg calibrate`` calibrates on them) and
+        their uncertainty maps and per-case scores."""
+        return {"save_probabilities": True, "save_uncertainty": True}
 
     def evaluate_validation(self, pred_dir: Path, dataset_root: Path, case_ids: list[str]) -> dict:
         """Score the held-out predictions in ``pred_dir`` against the dataset's label maps (copied, or
