@@ -43,6 +43,7 @@ def stage(name: str, timings: dict):
 def run_ms(args, out: Path, timings: dict) -> dict:
     """The MS change job; returns the evaluation summaries of the held-out fold and of the test cases."""
     import volseg
+    from volseg.conformal.calibrate import assess_calibration
     from volseg.demo import generate_ms_dataset
     from volseg.planning.summary import plan_table
 
@@ -103,15 +104,10 @@ def calibrate(model_dir: Path, risk: str, alpha: float) -> dict | None:
     return None
 
 
-def assess_calibration(model_dir: Path, cal: dict, predictions: Path, references: Path) -> dict:
-    from volseg.conformal.calibrate import assess_calibration as assess
-
-    return assess(model_dir, cal, predictions, references)
-
-
 def run_lung(args, out: Path, timings: dict) -> dict:
     """The lung nodule detection job; returns the FROC summary of the test cases."""
     import volseg
+    from volseg.conformal.calibrate import assess_calibration
     from volseg.demo import generate_lung_dataset
     from volseg.evaluation.detection import evaluate_detection_csv
     from volseg.planning.plans import save_plans

@@ -24,8 +24,9 @@ from typing import Sequence
 
 import numpy as np
 
-from volseg.conformal.risks import (DEFAULT_CONNECTIVITY, DEFAULT_COVERAGE, DEFAULT_GRID, CaseLosses, Risk,
-                                    check_size_edges, get_risk, ordered_grid)
+from volseg.conformal.mondrian import check_edges
+from volseg.conformal.risks import (DEFAULT_CONNECTIVITY, DEFAULT_COVERAGE, DEFAULT_GRID, RISKS, CaseLosses, Risk,
+                                    get_risk, ordered_grid)
 from volseg.errors import VolsegError
 
 log = logging.getLogger(__name__)
@@ -203,14 +204,14 @@ def calibrate_model(model_dir: str | Path, risk: str, alpha: float, *, delta: fl
     if r.kind != task.conformal_kind:
         raise VolsegError(None, f"risk {r.name} needs a {r.kind} model; {model_dir} is a {plans.get('task')} "
                           f"model ({task.conformal_kind}): choose one of "
-                          f"{', '.join(k for k, v in _risks().items() if v.kind == task.conformal_kind)}")
+                          f"{', '.join(k for k, v in RISKS.items() if v.kind == task.conformal_kind)}")
     if by == "size" and r.name == "lesion_fdr":
         raise VolsegError(None, "--by size groups reference lesions by size; false discoveries have none")
     if size_edges is not None:
         if by != "size":
             raise VolsegError(None, "--size-edges needs --by size")
         try:
-            size_edges = check_size_edges(size_edges)
+            size_edges = [float(e) for e in check_edges(size_edges)]
         except ValueError as e:
             raise VolsegError(None, f"--size-edges: {e}") from None
     pairs = _pairs(model_dir, predictions, references)
@@ -296,12 +297,6 @@ def settings_warning(cal: dict, folds: Sequence[str], tta: bool, configuration: 
     return (f"calibrated on predictions by fold(s) {made}, but predicting with fold(s) {'+'.join(folds)} "
             f"({configuration}, tta {'on' if tta else 'off'}): the guarantee assumes the same prediction settings; "
             "calibrate on predictions made like these (--predictions with --references) to keep it")
-
-
-def _risks() -> dict:
-    from volseg.conformal.risks import RISKS
-
-    return RISKS
 
 
 def _pairs(model_dir: Path, predictions, references) -> list[tuple[Path, Path]]:

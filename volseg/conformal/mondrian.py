@@ -74,7 +74,8 @@ def calibrate_groups(groups: dict[str, np.ndarray], method: str, alpha: float, d
     return out
 
 
-def _check_edges(edges_mm3: Sequence[float]) -> np.ndarray:
+def check_edges(edges_mm3: Sequence[float]) -> np.ndarray:
+    """Bin edges as a float array: at least one, finite, strictly increasing (``ValueError`` otherwise)."""
     edges = np.asarray(edges_mm3, dtype=float).ravel()
     if edges.size == 0:
         raise ValueError("edges_mm3 needs at least one edge")
@@ -97,7 +98,7 @@ def size_bins(volumes_mm3: np.ndarray, edges_mm3: Sequence[float]) -> np.ndarray
         >>> size_bins(np.array([5.0, 10.0, 50.0, 400.0]), [10, 100]).tolist()
         [0, 1, 1, 2]
     """
-    edges = _check_edges(edges_mm3)
+    edges = check_edges(edges_mm3)
     vol = np.asarray(volumes_mm3, dtype=float)
     if vol.ndim != 1:
         raise ValueError(f"volumes_mm3 must be 1-D (lesions,), got shape {vol.shape}")
@@ -106,15 +107,16 @@ def size_bins(volumes_mm3: np.ndarray, edges_mm3: Sequence[float]) -> np.ndarray
     return np.searchsorted(edges, vol, side="right").astype(int)
 
 
-def bin_names(edges_mm3: Sequence[float]) -> list[str]:
+def bin_names(edges_mm3: Sequence[float], unit: str = "mm3") -> list[str]:
     """Names of the size bins of :func:`size_bins`, e.g. ["<10 mm3", "10-100 mm3", ">=100 mm3"].
 
     Args:
-        edges_mm3: Strictly increasing bin edges in mm³.
+        edges_mm3: Strictly increasing bin edges in mm³ (or in ``unit``).
+        unit: The unit written after each edge (e.g. "mm" for nodule diameters).
 
     Returns:
         len(edges) + 1 names, in bin order.
     """
-    edges = _check_edges(edges_mm3)
+    edges = check_edges(edges_mm3)
     e = [f"{v:g}" for v in edges]
-    return [f"<{e[0]} mm3"] + [f"{lo}-{hi} mm3" for lo, hi in zip(e[:-1], e[1:])] + [f">={e[-1]} mm3"]
+    return [f"<{e[0]} {unit}"] + [f"{lo}-{hi} {unit}" for lo, hi in zip(e[:-1], e[1:])] + [f">={e[-1]} {unit}"]

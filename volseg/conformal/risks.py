@@ -30,6 +30,8 @@ from typing import Sequence
 
 import numpy as np
 
+from volseg.conformal.mondrian import size_bins
+
 DEFAULT_GRID = tuple(round(0.01 * i, 2) for i in range(1, 100))  # probability thresholds 0.01 … 0.99
 DEFAULT_COVERAGE = 0.1
 DEFAULT_CONNECTIVITY = 6
@@ -188,23 +190,10 @@ def component_counts(score: np.ndarray, reference: np.ndarray, grid: np.ndarray,
 
 
 def size_group_names(edges: Sequence[float], unit: str) -> list[str]:
-    """Names of the size bins cut at ``edges`` (ascending), e.g. ``["<10 mm3", "10-100 mm3", ">=100 mm3"]``."""
-    e = [f"{v:g}" for v in edges]
-    if not e:
-        return ["all"]
-    return [f"<{e[0]} {unit}", *[f"{a}-{b} {unit}" for a, b in zip(e, e[1:])], f">={e[-1]} {unit}"]
+    """Names of the size bins cut at ``edges`` (:func:`volseg.conformal.mondrian.bin_names`; ``["all"]`` without edges)."""
+    from volseg.conformal.mondrian import bin_names
 
-
-def check_size_edges(edges: Sequence[float]) -> list[float]:
-    """Size bin edges as floats: finite, positive and strictly increasing (``ValueError`` otherwise)."""
-    e = [float(v) for v in edges]
-    if not e or not all(np.isfinite(v) and v > 0 for v in e) or any(b <= a for a, b in zip(e, e[1:])):
-        raise ValueError(f"size edges must be positive and strictly increasing, got {list(edges)}")
-    return e
-
-
-def _bins(values: np.ndarray, edges: Sequence[float]) -> np.ndarray:
-    return np.searchsorted(np.asarray(check_size_edges(edges), np.float64), values, side="right")
+    return bin_names(edges, unit) if len(edges) else ["all"]
 
 
 def dense_losses(case: DenseCase, risk: Risk, grid: np.ndarray, coverage: float = DEFAULT_COVERAGE,
@@ -215,7 +204,7 @@ def dense_losses(case: DenseCase, risk: Risk, grid: np.ndarray, coverage: float 
     labels, n, volumes = reference_lesions(case.reference, case.spacing, connectivity)
     n_all, n_fp = component_counts(case.score, case.reference, grid, connectivity)
     names = [group] if size_edges is None else size_group_names(size_edges, "mm3")
-    members = np.zeros(n, np.int64) if size_edges is None else _bins(volumes, size_edges)
+    members = np.zeros(n, np.int64) if size_edges is None else size_bins(volumes, size_edges)
     losses, sizes = {}, {}
     if risk.name == "lesion_fdr":
         losses[group] = np.where(n_all > 0, n_fp / np.maximum(n_all, 1), 0.0)
@@ -241,8 +230,8 @@ def box_losses(case: BoxCase, grid: np.ndarray, size_edges: Sequence[float] | No
     bins (mm) when ``size_edges`` is given."""
     fp = (case.fp_scores[:, None] >= grid[None, :]).sum(axis=0).astype(np.float64)
     names = [group] if size_edges is None else size_group_names(size_edges, "mm")
-    members = np.zeros(case.nodule_scores.size, np.int64) if size_edges is None else _bins(case.diameters_mm,
-                                                                                           size_edges)
+    members = (np.zeros(case.nodule_scores.size, np.int64) if size_edges is None
+               else size_bins(case.diameters_mm, size_edges))
     losses, sizes = {}, {}
     for g, name in enumerate(names):
         chosen = np.flatnonzero(members == g)
