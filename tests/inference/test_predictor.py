@@ -48,7 +48,7 @@ def test_outputs_keep_input_geometry_and_bad_case_is_skipped(tiny_model, inputs,
         # two folds × mirrors disagree somewhere: the epistemic part is not zero inside the image
         assert mi.max() > 0 and (eh + mi <= np.log(3) + 2e-2).all()
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["counts"] == {"done": 3, "skipped": 0, "failed": 1}
+    assert summary["counts"] == {"done": 3, "skipped": 0, "failed": 1, "refused": 0}
     assert summary["folds"] == ["0", "1"]
     unc = summary["cases"]["a"]["uncertainty"]
     assert {"entropy", "expected_entropy", "mutual_information"} <= set(unc) and unc["mutual_information"] >= 0
@@ -64,7 +64,7 @@ def test_resume_skips_finished_cases(tiny_model, inputs, tmp_path):
     assert main(["predict", "-i", str(folder), "-o", str(out), "-m", str(tiny_model), "--resume",
                  "--no-progress"]) == 0
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["counts"] == {"done": 1, "skipped": 2, "failed": 0}
+    assert summary["counts"] == {"done": 1, "skipped": 2, "failed": 0, "refused": 0}
     assert (out / "a.nii.gz").stat().st_mtime_ns == before and (out / "b.nii.gz").is_file()
 
 

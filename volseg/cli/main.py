@@ -25,6 +25,7 @@ COMMANDS = (
     ("predict", "volseg.cli.predict"),
     ("evaluate", "volseg.cli.evaluate"),
     ("calibrate", "volseg.cli.calibrate"),
+    ("calibrate-shift", "volseg.cli.calibrate_shift"),
 )
 
 

@@ -37,6 +37,14 @@ def add_parser(sub) -> argparse.ArgumentParser:
                    help="memory budget of the stitching buffers; above it z-slab mode is used (default: automatic)")
     p.add_argument("--backend", choices=["auto", "torch", "triton"], default="auto",
                    help="stitching kernels: Triton on CUDA, torch on the CPU (default auto)")
+    p.add_argument("--shift-alpha", type=float, default=0.05,
+                   help="flag a case whose input looks unlike the training data at this false-alarm level: at most "
+                        "this fraction of cases like the training data is flagged (default 0.05; needs MODEL/shift.json)")
+    p.add_argument("--refuse-shifted", action="store_true",
+                   help="write no outputs for a flagged case (status 'refused', non-zero exit); by default a flagged "
+                        "case is predicted and written")
+    p.add_argument("--no-shift-check", action="store_true",
+                   help="do not compare the cases with the training data (saves the uncertainty maps' time)")
     p.add_argument("--resume", action="store_true", help="skip cases whose label file already exists")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
@@ -49,11 +57,14 @@ def run(args: argparse.Namespace) -> int:
     options = PredictOptions(step_fraction=args.step, tta=not args.no_tta, save_probabilities=args.save_probabilities,
                              save_uncertainty=args.save_uncertainty, device=args.device, backend=args.backend,
                              memory_budget_gb=args.memory_gb, postprocess=not args.no_postprocessing,
-                             calibrated=args.calibrated or bool(args.calibration), calibration_file=args.calibration)
+                             calibrated=args.calibrated or bool(args.calibration), calibration_file=args.calibration,
+                             shift_check=not args.no_shift_check, shift_alpha=args.shift_alpha,
+                             refuse_shifted=args.refuse_shifted)
     model = load_model(args.model, args.folds, args.checkpoint, resolve_device(args.device))
     summary = predict_folder(args.input, args.out, model, options, resume=args.resume, progress=not args.no_progress)
     counts = summary["counts"]
-    print(f"{counts['done']} predicted, {counts['skipped']} skipped, {counts['failed']} failed → {args.out}")
+    refused = f", {counts['refused']} refused as shifted" if counts["refused"] else ""
+    print(f"{counts['done']} predicted, {counts['skipped']} skipped, {counts['failed']} failed{refused} → {args.out}")
     if "calibration" in summary:
         print(f"calibrated: {summary['calibration']['guarantee']}")
         if summary["calibration"].get("warning"):
@@ -61,4 +72,22 @@ def run(args: argparse.Namespace) -> int:
     for case_id, rec in summary["cases"].items():
         if rec["status"] == "failed":
             print(f"  failed {case_id}: {rec['error']}")
-    return 1 if counts["failed"] else 0
+    print_shift(summary)
+    return 1 if counts["failed"] or counts["refused"] else 0
+
+
+def print_shift(summary: dict) -> None:
+    """The exit summary's lines about the shift check: the flagged cases, one per line."""
+    from volseg.shift.check import describe_flag
+
+    shift = summary.get("shift")
+    if not shift:
+        return
+    if shift.get("warning"):
+        print(f"warning: {shift['warning']}")
+    flagged = shift["flagged"]
+    print(f"shift check: {len(flagged)} of {sum(1 for r in summary['cases'].values() if 'shift' in r)} cases flagged "
+          f"as unlike the training data (--shift-alpha {shift['alpha']:g}, {shift['calibration_cases']} "
+          f"in-distribution cases to compare with)")
+    for case_id in flagged:
+        print(f"  {describe_flag(case_id, summary['cases'][case_id]['shift'], shift['alpha'])}")

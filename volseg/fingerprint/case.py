@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from volseg.errors import DatasetError
+from volseg.fingerprint.image import image_measurements, intensity_stats
 from volseg.io.dataset import CaseFiles, Dataset, read_ignore, read_instances
 from volseg.io.nifti import Geometry, read_channels, read_image
 from volseg.preprocessing.crop import bbox_of, box_shape, crop, nonzero_mask
@@ -139,13 +140,6 @@ def fingerprint_case(case: CaseFiles, dataset: Dataset, seed: int = 0) -> tuple[
         values = images[:, nonzero_mask(images)]
     if values.shape[1] > SAMPLES_PER_CASE:
         values = values[:, rng.choice(values.shape[1], SAMPLES_PER_CASE, replace=False)]
-    record["intensity"] = [_stats(values[c]) for c in range(values.shape[0])]
+    record["intensity"] = [intensity_stats(values[c]) for c in range(values.shape[0])]
+    record.update(image_measurements(images, seed))
     return record, values.astype(np.float32)
-
-
-def _stats(v: np.ndarray) -> dict:
-    if v.size == 0:
-        return {"mean": 0.0, "std": 1.0, "min": 0.0, "max": 0.0, "p00_5": 0.0, "p50": 0.0, "p99_5": 0.0, "n": 0}
-    p = np.percentile(v, [0.5, 50, 99.5])
-    return {"mean": float(v.mean()), "std": float(v.std()), "min": float(v.min()), "max": float(v.max()),
-            "p00_5": float(p[0]), "p50": float(p[1]), "p99_5": float(p[2]), "n": int(v.size)}

@@ -10,7 +10,8 @@ import numpy as np
 
 from volseg import __version__
 from volseg.errors import PlanError
-from volseg.fingerprint.case import _stats, fingerprint_case
+from volseg.fingerprint.case import fingerprint_case
+from volseg.fingerprint.image import intensity_stats
 from volseg.io.atomic import write_json
 from volseg.io.dataset import Dataset, load_dataset_json
 
@@ -77,7 +78,7 @@ def summarize(dataset: Dataset, records: list[dict], samples: list[np.ndarray]) 
                                 "p90": np.percentile(spacings, 90, axis=0).tolist()},
         "median_shape_after_crop": np.median(shapes, axis=0).tolist(),
         "median_fraction_kept_by_crop": float(np.median([r["fraction_kept_by_crop"] for r in records])),
-        "intensity": [_stats(pooled[c]) for c in range(pooled.shape[0])],
+        "intensity": [intensity_stats(pooled[c]) for c in range(pooled.shape[0])],
         "class_voxels": dict(sorted(class_voxels.items(), key=lambda kv: int(kv[0]))),
         "objects": {k: {"count": len(v), "diameter_mm_p05": float(np.percentile(v, 5)),
                         "diameter_mm_median": float(np.median(v)), "diameter_mm_p95": float(np.percentile(v, 95))}

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -35,9 +35,17 @@ class PredictOptions:
     postprocess: bool = True
     calibrated: bool = False  # apply MODEL/calibration.json (or calibration_file) instead of post-processing
     calibration_file: str | None = None  # implies calibrated
+    shift_check: bool = True  # compare each case with the training data (when the model keeps a reference)
+    shift_alpha: float = 0.05  # flag a case whose shift p-value is at most this
+    refuse_shifted: bool = False  # do not write the outputs of a flagged case
 
     def __post_init__(self) -> None:
         self.calibrated = self.calibrated or bool(self.calibration_file)
+
+    @property
+    def uncertainty(self) -> bool:
+        """Whether the uncertainty maps are computed: to be written, or for the shift check."""
+        return self.save_uncertainty or self.shift_check
 
 
 def resolve_device(device: str) -> torch.device:
@@ -57,7 +65,7 @@ def prepare(model: LoadedModel, images: np.ndarray, geometry: Geometry) -> tuple
 
 def predict_images(model: LoadedModel, images: np.ndarray, geometry: Geometry, options: PredictOptions,
                    device: torch.device, prepared: tuple[np.ndarray, dict, float] | None = None,
-                   conformal: dict | None = None) -> CasePrediction:
+                   conformal: dict | None = None, probe=None) -> CasePrediction:
     """Predict one case given as a (C, Z, Y, X) float32 image on ``geometry``'s grid.
 
     Args:
@@ -69,6 +77,7 @@ def predict_images(model: LoadedModel, images: np.ndarray, geometry: Geometry, o
         prepared: The output of :func:`prepare` for these images, when already computed.
         conformal: A calibration record (:func:`volseg.conformal.calibrate.load_calibration`):
             its thresholds replace the argmax and the post-processing.
+        probe: A :class:`~volseg.shift.features.FeatureProbe` on ``model.networks`` (shift check).
 
     Returns:
         The task's prediction on the input grid (labels and optional maps for segmentation),
@@ -84,7 +93,8 @@ def predict_images(model: LoadedModel, images: np.ndarray, geometry: Geometry, o
     result, network_seconds = run_sliding_window(
         model.networks, torch.from_numpy(data), cfg["patch_size"], aggregator,
         step_fraction=options.step_fraction or inf["step_fraction"],
-        mirror_axes=inf["mirror_axes"] if options.tta else (), tile_batch=inf.get("tile_batch", 2), device=device)
+        mirror_axes=inf["mirror_axes"] if options.tta else (), tile_batch=inf.get("tile_batch", 2), device=device,
+        probe=probe)
     t2 = time.perf_counter()
     prediction = task.restore(result, props, geometry, options)
     if conformal is not None:
@@ -112,9 +122,15 @@ def predict_folder(inputs: list, out_dir: str | Path, model: LoadedModel, option
     reported and skipped; the others complete. The next case is read and preprocessed in
     a background thread while the current one runs, and outputs are written by another.
 
+    Each case is compared with the training data when the model keeps a shift reference
+    (:mod:`volseg.shift`): its ``shift`` record gives the scores, the fingerprint statistics
+    outside the training range and, with ``MODEL/shift.json``, the p-values and whether it is
+    flagged. A flagged case is still written, unless ``options.refuse_shifted``.
+
     Returns:
         The summary also written to ``out_dir/summary.json``: per case ``status`` ("done",
-        "skipped" or "failed"), ``error`` and timings.
+        "skipped", "failed" or "refused"), ``error``, timings, ``uncertainty`` and ``shift``;
+        ``shift`` at the top lists the flagged cases.
     """
     from concurrent.futures import ThreadPoolExecutor
 
@@ -125,6 +141,8 @@ def predict_folder(inputs: list, out_dir: str | Path, model: LoadedModel, option
     from volseg.inference.export import BackgroundExporter
     from volseg.inference.uncertainty import case_uncertainty
     from volseg.io.atomic import write_json
+    from volseg.shift.check import describe_flag
+    from volseg.shift.features import FeatureProbe
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -136,6 +154,9 @@ def predict_folder(inputs: list, out_dir: str | Path, model: LoadedModel, option
 
         cal_file = Path(options.calibration_file or Path(model.root) / "calibration.json")
         conformal = load_calibration(cal_file, model.plans.get("task", "segmentation"))
+    check = _shift_check(model, options)
+    if check is None and options.shift_check:
+        options = replace(options, shift_check=False)
     cases = find_input_cases(inputs, model.num_channels)
     todo = [c for c in cases if not (resume and model.task.done_file(out_dir, c.case_id, ending).is_file())]
     summary = {"model": str(model.root), "configuration": model.config_name, "folds": model.folds,
@@ -148,6 +169,8 @@ def predict_folder(inputs: list, out_dir: str | Path, model: LoadedModel, option
         if warning:
             log.warning("%s", warning)
             summary["calibration"]["warning"] = warning
+    if check is not None:
+        summary["shift"] = _shift_summary(check, options, model.config_name)
     for c in cases:
         if c not in todo:
             summary["cases"][c.case_id] = {"status": "skipped", "reason": "already predicted (--resume)"}
@@ -161,13 +184,32 @@ def predict_folder(inputs: list, out_dir: str | Path, model: LoadedModel, option
             t0 = time.perf_counter()
             try:
                 images, geometry, prepared = fut.result()
-                pred = predict_images(model, images, geometry, options, device, prepared, conformal)
-                exporter.submit(model.task.export, out_dir, case.case_id, ending, geometry, pred)
-                summary["cases"][case.case_id] = {"status": "done", "seconds": {
-                    **{k: round(v, 4) for k, v in pred.seconds.items()}, "total": round(time.perf_counter() - t0, 4)}}
+                probe = FeatureProbe(model.networks) if check is not None and check.features is not None else None
+                try:
+                    pred = predict_images(model, images, geometry, options, device, prepared, conformal, probe)
+                finally:
+                    if probe is not None:
+                        probe.close()
+                record = {"status": "done"}
                 unc = case_uncertainty(pred)
                 if unc is not None:
-                    summary["cases"][case.case_id]["uncertainty"] = unc
+                    record["uncertainty"] = unc
+                if check is not None:
+                    scores, outside = check.scores(images, geometry.spacing, pred.labels,
+                                                   probe.features if probe is not None else None, unc)
+                    record["shift"] = check.report(scores, outside)
+                    if record["shift"].get("flagged"):
+                        log.warning("%s", describe_flag(case.case_id, record["shift"], check.alpha))
+                        summary["shift"]["flagged"].append(case.case_id)
+                        if options.refuse_shifted:
+                            record["status"] = "refused"
+                if not options.save_uncertainty:
+                    _drop_uncertainty(pred)
+                if record["status"] == "done":
+                    exporter.submit(model.task.export, out_dir, case.case_id, ending, geometry, pred)
+                record["seconds"] = {**{k: round(v, 4) for k, v in pred.seconds.items()},
+                                     "total": round(time.perf_counter() - t0, 4)}
+                summary["cases"][case.case_id] = record
             except VolsegError as e:
                 log.error("skipping case %s: %s", case.case_id, e)
                 summary["cases"][case.case_id] = {"status": "failed", "error": str(e)}
@@ -179,6 +221,37 @@ def predict_folder(inputs: list, out_dir: str | Path, model: LoadedModel, option
         reader.shutdown()
         exporter.close()
     statuses = [c["status"] for c in summary["cases"].values()]
-    summary["counts"] = {s: statuses.count(s) for s in ("done", "skipped", "failed")}
+    summary["counts"] = {s: statuses.count(s) for s in ("done", "skipped", "failed", "refused")}
     write_json(out_dir / "summary.json", summary)
     return summary
+
+
+def _shift_check(model: LoadedModel, options: PredictOptions):
+    """The model's shift check for this run, or None (turned off, or no reference kept)."""
+    if not options.shift_check:
+        return None
+    from volseg.shift.check import load_shift_check
+
+    return load_shift_check(model.root, model.folds, options.shift_alpha)
+
+
+def _shift_summary(check, options: PredictOptions, config_name: str) -> dict:
+    """The top-level ``shift`` record of ``summary.json``; logs why p-values may not hold."""
+    from volseg.shift.check import settings_warning
+
+    rec = {"alpha": check.alpha, "calibration_cases": check.calibration_cases,
+           "scores": [k for k, on in (("fingerprint", check.fingerprint is not None),
+                                      ("features", check.features is not None), ("uncertainty", True)) if on],
+           "refuse_shifted": options.refuse_shifted, "flagged": []}
+    warning = settings_warning(check, options.tta, config_name)
+    if warning:
+        log.log(logging.INFO if check.calibration is None else logging.WARNING, "%s", warning)
+        rec["warning"] = warning
+    return rec
+
+
+def _drop_uncertainty(prediction: CasePrediction) -> None:
+    """Forget the uncertainty maps computed only for the shift check (not to be written)."""
+    prediction.entropy = None
+    for name in ("expected_entropy", "mutual_information"):
+        prediction.maps.pop(name, None)

@@ -27,7 +27,8 @@ from volseg.tasks.base import TileAggregator, TileGrid
 
 __all__ = ["DEFAULT_MEMORY_BUDGET", "SlidingWindowResult", "predict_sliding_window", "run_sliding_window"]
 
-def _pad_to_patch(image: torch.Tensor, patch: Sequence[int]) -> tuple[torch.Tensor, list[tuple[int, int]]]:
+def pad_to_patch(image: torch.Tensor, patch: Sequence[int]) -> tuple[torch.Tensor, list[tuple[int, int]]]:
+    """Zero-pad a (C, Z, Y, X) image, centred, to at least ``patch``; returns it and the (before, after) pads."""
     pads = []
     for size, p in zip(image.shape[1:], patch):
         total = max(0, p - size)
@@ -51,7 +52,7 @@ def _mirror_sets(axes: Sequence[int]) -> list[tuple[int, ...]]:
 def run_sliding_window(networks: torch.nn.Module | Sequence[torch.nn.Module], image: torch.Tensor,
                        patch_size: Sequence[int], aggregator: TileAggregator, step_fraction: float = 0.5,
                        mirror_axes: Sequence[int] = (), tile_batch: int = 2,
-                       device: torch.device | str | None = None) -> tuple[object, float]:
+                       device: torch.device | str | None = None, probe=None) -> tuple[object, float]:
     """Run ``networks`` over overlapping tiles of ``image`` and let ``aggregator`` keep the results.
 
     Args:
@@ -65,6 +66,8 @@ def run_sliding_window(networks: torch.nn.Module | Sequence[torch.nn.Module], im
         mirror_axes: Spatial axes (0 = z) for mirroring TTA; every combination is run.
         tile_batch: Tiles per forward pass.
         device: Where the networks run (default: the image's device).
+        probe: A :class:`~volseg.shift.features.FeatureProbe` on ``networks``, told to record
+            the unmirrored pass of every tile only.
 
     Returns:
         ``(aggregator.finish(), seconds spent in the forward passes and their flips)``.
@@ -72,7 +75,7 @@ def run_sliding_window(networks: torch.nn.Module | Sequence[torch.nn.Module], im
     nets = list(networks) if isinstance(networks, (list, tuple)) else [networks]
     device = torch.device(device) if device is not None else image.device
     _check_image(image)
-    padded, pads = _pad_to_patch(image.float(), patch_size)
+    padded, pads = pad_to_patch(image.float(), patch_size)
     padded = padded.to(device)
     shape = tuple(padded.shape[1:])
     starts = [tile_starts(s, p, step_fraction) for s, p in zip(shape, patch_size)]
@@ -93,13 +96,14 @@ def run_sliding_window(networks: torch.nn.Module | Sequence[torch.nn.Module], im
             for i in range(0, len(positions), tile_batch):
                 chunk = positions[i:i + tile_batch]
                 batch = torch.stack([padded[:, z:z + pz, y:y + py, x:x + px] for z, y, x in chunk])
-                seconds += _run_members(nets, mirrors, batch, chunk, aggregator, sync, device)
+                seconds += _run_members(nets, mirrors, batch, chunk, aggregator, sync, probe)
                 aggregator.commit(chunk)
     return aggregator.finish(), seconds
 
 
-def _run_members(nets, mirrors, batch, offsets, aggregator, sync: bool, device) -> float:
+def _run_members(nets, mirrors, batch, offsets, aggregator, sync: bool, probe) -> float:
     """Every network × mirroring of one batch of tiles, handed to ``aggregator``; returns seconds."""
+    device = batch.device
     if sync:
         torch.cuda.synchronize(device)
     t0 = time.perf_counter()
@@ -107,6 +111,8 @@ def _run_members(nets, mirrors, batch, offsets, aggregator, sync: bool, device) 
         for axes in mirrors:
             dims = [a + 2 for a in axes]
             x = torch.flip(batch, dims) if dims else batch
+            if probe is not None:
+                probe.recording = not dims
             aggregator.add(net(x), offsets, dims)
     if sync:
         torch.cuda.synchronize(device)

@@ -187,7 +187,7 @@ class SegmentationTask:
         return dense_aggregator(self.outputs["num_outputs"], props["shape_after_resampling"], config["patch_size"],
                                 config["inference"]["gaussian_sigma_scale"], options.backend, device, self.mode,
                                 return_probabilities=want_probs and same_grid,
-                                return_uncertainty=options.save_uncertainty,
+                                return_uncertainty=options.uncertainty,
                                 return_logits=not same_grid, memory_budget_bytes=budget)
 
     def restore(self, result, props: dict, geometry, options) -> CasePrediction:
@@ -212,8 +212,8 @@ class SegmentationTask:
         else:
             fin = resample_and_finalize(result.logits, props["shape_after_crop"], mode=self.mode,
                                         return_probabilities=keep_probabilities or self.mode == "sigmoid",
-                                        return_uncertainty=options.save_uncertainty, backend=options.backend,
-                                        member_terms=options.save_uncertainty)
+                                        return_uncertainty=options.uncertainty, backend=options.backend,
+                                        member_terms=options.uncertainty)
         labels, probs, entropy = fin.labels, fin.probabilities, fin.entropy
         if self.mode == "sigmoid":
             labels = regions_to_labels(probs.float(), self.regions)

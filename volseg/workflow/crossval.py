@@ -1,11 +1,13 @@
 """Cross-validation: train a fold, predict its held-out cases, fit the task's calibrators.
 
 Sits above training and inference (which never import each other): after a fold is
-trained, its held-out cases are predicted from the raw images exactly as ``volseg predict``
+trained, the shift check's feature reference is fitted on its training cases
+(:func:`volseg.shift.features.fit_fold_features`), and its held-out cases are predicted from the raw images exactly as ``volseg predict``
 would, without post-processing, into ``fold_K/validation/`` and scored with
 :func:`volseg.evaluation.evaluate_folders`. Each of the task's calibrators (for
 segmentation: the connected-component rules) is then fitted on the validation folders of
-every fold validated so far and written to ``MODEL/<name>.json``, which ``predict`` applies.
+every fold validated so far and written to ``MODEL/<name>.json``, which ``predict`` applies,
+and the held-out cases' shift scores become ``MODEL/shift.json``.
 """
 
 from __future__ import annotations
@@ -40,6 +42,10 @@ def train_fold(plan_dir: str | os.PathLike, model_dir: str | os.PathLike | None 
     from volseg.training.run import train
 
     trained = train(plan_dir, model_dir, fold=fold, progress=progress, **train_options)
+    if trained.is_main:  # the shift check's feature reference, before the held-out cases are scored with it
+        from volseg.shift.features import fit_fold_features
+
+        fit_fold_features(trained.model_dir, plan_dir, trained.fold, device=trained.device)
     if validate and trained.val_ids and trained.is_main:
         validate_fold(trained.model_dir, trained.fold, trained.val_ids,
                       device="cuda" if trained.device == "cuda" else "cpu", progress=progress)
@@ -90,4 +96,9 @@ def calibrate(model_dir: str | Path) -> dict[str, dict]:
         fitted[calibrator.name] = params
         shown = params.get("rules", {k: v for k, v in params.items() if k not in ("table", "grid")})
         log.info("%s fitted on %d validated fold(s): %s", calibrator.name, len(folders), shown)
+    from volseg.shift.check import fit_shift_calibration
+
+    shift = fit_shift_calibration(model_dir)
+    if shift is not None:
+        fitted["shift"] = shift
     return fitted
