@@ -2,7 +2,9 @@
 
 ``ms``: two-timepoint FLAIR, labels stable / new / vanishing, a change model (the plan's task
 "longitudinal") scored on the held-out fold and on 8 unseen test cases per label and for the
-regions "lesions at follow-up" and "all lesions", lesion by lesion with the MSSEG-2 rule.
+regions "lesions at follow-up" and "all lesions", lesion by lesion with the MSSEG-2 rule; its
+input-shift check compared with the held-out fold and 20 unlabelled in-distribution cases, and
+shown on one test case under each shift of :mod:`volseg.demo.shifts`.
 ``lung``: chest CT with nodules, a Retina U-Net detector (the plan's task "detection")
 trained from the instance maps, its boxes on the unseen test cases scored by LUNA16 FROC
 and CPM. ``--dataset all`` (the default) runs both, MS first.
@@ -45,18 +47,26 @@ def run_ms(args, out: Path, timings: dict) -> dict:
     import volseg
     from volseg.conformal.calibrate import assess_calibration
     from volseg.demo import generate_ms_dataset
+    from volseg.planning.plans import save_plans
     from volseg.planning.summary import plan_table
 
     data, plan_dir = out / "data" / "ms_demo", out / "plan_ms"
     with stage("ms: demo data", timings):
         generate_ms_dataset(data, num_cases=args.cases, num_test=args.ms_test, seed=args.seed)
     with stage("ms: plan", timings):
-        print(plan_table(volseg.plan(data, plan_dir, device="cpu")))
+        plans = volseg.plan(data, plan_dir, device="cpu")
+        # an edit of the plan, as for the lung demo: mirror only along x at test time (2 passes
+        # instead of 8), to fit the CPU budget of the main job
+        plans["configurations"]["3d_cpu"]["inference"]["mirror_axes"] = [2]
+        save_plans(plans, plan_dir / "plans.json")
+        print(plan_table(plans))
     with stage("ms: train", timings):  # ends with the held-out fold predicted and the lesion matching fitted
         fold_dir = volseg.train(plan_dir, fold=0, epochs=args.epochs, iterations=args.iters,
                                 time_limit_minutes=args.train_minutes or None)
     with stage("ms: calibrate", timings):  # missed lesions per case, on the held-out fold's probabilities
         cal = calibrate(fold_dir.parent, "lesion_fnr", args.alpha)
+    with stage("ms: shift check", timings):  # in-distribution cases to compare with; shifted inputs
+        shift = shift_check(args, out, data, fold_dir.parent)
     with stage("ms: predict", timings):
         volseg.predict([data / "imagesTs"], out / "predictions_ms", fold_dir.parent, save_uncertainty=True)
         if cal is not None:
@@ -69,8 +79,9 @@ def run_ms(args, out: Path, timings: dict) -> dict:
                                    dataset_dir=data, images_dir=data / "imagesTr", regions=regions, lesion_wise=True)
         test = volseg.evaluate(out / "predictions_ms", data / "labelsTs", out / "evaluation_ms" / "test",
                                dataset_dir=data, images_dir=data / "imagesTs", regions=regions, lesion_wise=True)
+        shift["test"] = json.loads((out / "predictions_ms" / "summary.json").read_text())
         if cal is None:
-            return {"held-out fold": held_out, "test cases": test, "calibration": None}
+            return {"held-out fold": held_out, "test cases": test, "calibration": None, "shift": shift}
         calibrated = out / "predictions_ms_calibrated"
         cal["test"] = assess_calibration(fold_dir.parent, cal, calibrated, data / "labelsTs")
         # against the threshold that the lesion matching chose on the same held-out cases
@@ -79,7 +90,28 @@ def run_ms(args, out: Path, timings: dict) -> dict:
                                    data / "labelsTs")
         cal["test"]["naive"] = {"threshold": matching, "empirical_risk": plain["empirical_risk"],
                                 "fp_per_case": plain["fp_per_case"]}
-    return {"held-out fold": held_out, "test cases": test, "calibration": cal}
+    return {"held-out fold": held_out, "test cases": test, "calibration": cal, "shift": shift}
+
+
+def shift_check(args, out: Path, data: Path, model_dir: Path) -> dict:
+    """Add ``args.shift_cases`` unlabelled in-distribution cases to the held-out fold as the shift
+    check's comparison cases, then predict the first test case under every shift of the demo
+    generators; returns the shifted cases' prediction summary and the number of comparison cases."""
+    import volseg
+    from volseg.demo import generate_ms_dataset
+    from volseg.demo.shifts import SHIFTS, write_shifted
+    from volseg.shift.check import fit_shift_calibration
+
+    extra = out / "data" / "ms_demo_unlabelled"
+    generate_ms_dataset(extra, num_cases=0, num_test=args.shift_cases, seed=args.seed + 1)
+    volseg.predict([extra / "imagesTs"], out / "predictions_ms_unlabelled", model_dir)
+    cal = fit_shift_calibration(model_dir, [out / "predictions_ms_unlabelled" / "summary.json"])
+    first = sorted(p.name[:-len("_0000.nii.gz")] for p in (data / "imagesTs").glob("*_0000.nii.gz"))[0]
+    shifted = out / "data" / "ms_demo_shifted"
+    for k, name in enumerate(SHIFTS):
+        write_shifted(data / "imagesTs", shifted, [first], name, seed=args.seed + k, tag=True)
+    summary = volseg.predict([shifted], out / "predictions_ms_shifted", model_dir)
+    return {"calibration_cases": len(cal["cases"]), "case": first, "shifted": summary}
 
 
 def calibrate(model_dir: Path, risk: str, alpha: float) -> dict | None:
@@ -170,6 +202,9 @@ def main() -> int:
     ap.add_argument("--alpha", type=float, default=0.1,
                     help="risk level of the calibrated thresholds (missed lesions per case, missed nodules per "
                          "scan); raised to the smallest level the held-out fold can calibrate (default 0.1)")
+    ap.add_argument("--shift-cases", type=int, default=20,
+                    help="unlabelled in-distribution MS cases that, with the held-out fold, the shift check compares "
+                         "new cases with (default 20: enough for --shift-alpha 0.05)")
     ap.add_argument("--lung-epochs", type=int, default=20,
                     help="lung detector training epochs (default 20: 400 iterations)")
     args = ap.parse_args()
@@ -200,11 +235,32 @@ def print_calibration(name: str, cal: dict, what: str) -> None:
           f"{naive['fp_per_case']:>20.2f}   (the plain prediction's threshold)")
 
 
+def print_shift(shift: dict) -> None:
+    """Which shifted inputs the check flagged, and how many unshifted test cases."""
+    from volseg.shift.check import describe_flag
+
+    alpha = shift["shifted"]["shift"]["alpha"]
+    test = shift["test"]
+    flagged = test.get("shift", {}).get("flagged", [])
+    print(f"\n== MS: input-shift check ({shift['calibration_cases']} in-distribution cases to compare with, "
+          f"alpha {alpha:g}) ==")
+    print(f"unshifted test cases flagged: {len(flagged)} of {len(test['cases'])}")
+    print(f"{shift['case']} under each shift of the demo generators:")
+    for case_id, rec in shift["shifted"]["cases"].items():
+        r = rec.get("shift")
+        if r is None:
+            print(f"  {case_id}: {rec['status']} {rec.get('error', '')}")
+        elif r.get("flagged"):
+            print(f"  flagged      {describe_flag(case_id, r, alpha)}")
+        else:
+            print(f"  not flagged  {case_id} (p {r.get('p_value', float('nan')):.3g})")
+
+
 def print_results(ms: dict | None, lung: dict | None, timings: dict, out: Path) -> None:
     """Dice per class and lesion-wise F1 (MS), CPM and FROC points (lung), time per stage."""
     if ms is not None:
         for part, summary in ms.items():
-            if part == "calibration":
+            if part in ("calibration", "shift"):
                 continue
             cases = summary["counts"]["evaluated"]
             print(f"\n== MS lesions: {part} ({cases} cases; lesion-wise: MSSEG-2 matching) ==")
@@ -218,6 +274,7 @@ def print_results(ms: dict | None, lung: dict | None, timings: dict, out: Path) 
                 print(f"{name:<20}" + "".join(f"{_num(v):>7}" for v in cells))
         print("* nFP: mean number of false-positive lesions on the cases without a lesion of that kind")
         print_calibration("MS lesions", ms["calibration"], "lesions")
+        print_shift(ms["shift"])
     if lung is not None:
         print(f"\n== lung nodules: {lung['counts']['scans']} test scans, {lung['counts']['nodules']} nodules ==")
         lo, hi = lung["cpm_ci"]
