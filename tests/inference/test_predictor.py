@@ -66,6 +66,14 @@ def test_resume_skips_finished_cases(tiny_model, inputs, tmp_path):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["counts"] == {"done": 1, "skipped": 2, "failed": 0, "refused": 0}
     assert (out / "a.nii.gz").stat().st_mtime_ns == before and (out / "b.nii.gz").is_file()
+    whole = (out / "a.nii.gz").read_bytes()
+    (out / "a.nii.gz").write_bytes(whole[: len(whole) // 2])  # cut short outside volseg
+    assert main(["predict", "-i", str(folder), "-o", str(out), "-m", str(tiny_model), "--resume",
+                 "--no-progress"]) == 0
+    assert json.loads((out / "summary.json").read_text())["cases"]["a"]["status"] == "done"
+    from volseg.io.atomic import output_complete
+
+    assert output_complete(out / "a.nii.gz") and len((out / "a.nii.gz").read_bytes()) > len(whole) // 2
 
 
 def test_inputs_never_modified(tiny_model, inputs, tmp_path):

@@ -119,7 +119,8 @@ def predict_folder(inputs: list, out_dir: str | Path, model: LoadedModel, option
     """Predict every case found in ``inputs`` into ``out_dir``.
 
     A bad case (unreadable, wrong channel count, channels with different geometry) is
-    reported and skipped; the others complete. The next case is read and preprocessed in
+    reported and skipped; the others complete. With ``resume``, a case whose last output file
+    is whole (:func:`~volseg.io.atomic.output_complete`) is skipped; a truncated one is redone. The next case is read and preprocessed in
     a background thread while the current one runs, and outputs are written by another.
 
     Each case is compared with the training data when the model keeps a shift reference
@@ -140,7 +141,7 @@ def predict_folder(inputs: list, out_dir: str | Path, model: LoadedModel, option
     from volseg.inference.cases import find_input_cases
     from volseg.inference.export import BackgroundExporter
     from volseg.inference.uncertainty import case_uncertainty
-    from volseg.io.atomic import write_json
+    from volseg.io.atomic import output_complete, write_json
     from volseg.shift.check import describe_flag
     from volseg.shift.features import FeatureProbe
 
@@ -158,7 +159,7 @@ def predict_folder(inputs: list, out_dir: str | Path, model: LoadedModel, option
     if check is None and options.shift_check:
         options = replace(options, shift_check=False)
     cases = find_input_cases(inputs, model.num_channels)
-    todo = [c for c in cases if not (resume and model.task.done_file(out_dir, c.case_id, ending).is_file())]
+    todo = [c for c in cases if not (resume and output_complete(model.task.done_file(out_dir, c.case_id, ending)))]
     summary = {"model": str(model.root), "configuration": model.config_name, "folds": model.folds,
                "device": str(device), "tta": options.tta, "cases": {}}
     if conformal is not None:

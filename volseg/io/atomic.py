@@ -77,3 +77,29 @@ def _json_default(obj: Any) -> Any:
     if isinstance(obj, Path):
         return str(obj)
     raise TypeError(f"not JSON serializable: {type(obj).__name__}")
+
+
+def output_complete(path: str | os.PathLike) -> bool:
+    """Whether an output file is whole: a NIfTI as long as its header and gzip trailer say, a
+    JSON file that parses, any other file non-empty. False for a missing file."""
+    import json
+
+    from volseg.errors import VolsegError
+    from volseg.io.nifti import check_nifti_complete
+
+    path = Path(path)
+    if not path.is_file():
+        return False
+    if path.name.endswith((".nii", ".nii.gz")):
+        try:
+            check_nifti_complete(path)
+        except VolsegError:
+            return False
+        return True
+    if path.suffix == ".json":
+        try:
+            json.loads(path.read_text(encoding="utf-8"))
+        except (ValueError, UnicodeDecodeError):
+            return False
+        return True
+    return path.stat().st_size > 0
