@@ -18,3 +18,29 @@ def test_output_complete_tells_whole_files_from_cut_ones(tmp_path):
     assert output_complete(tmp_path / "c.json")
     (tmp_path / "d.csv").write_text("")
     assert not output_complete(tmp_path / "d.csv") and not output_complete(tmp_path / "missing.nii.gz")
+
+
+def test_output_folder_is_checked_before_work(tmp_path, monkeypatch):
+    import pytest
+
+    from volseg.errors import VolsegError
+    from volseg.io import atomic
+
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(VolsegError, match="exists and is not a folder"):
+        atomic.prepare_output_dir(tmp_path / "file")
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    (inputs / "case_0000.nii.gz").write_bytes(b"")
+    for given in (inputs, inputs / "case_0000.nii.gz"):
+        with pytest.raises(VolsegError, match="is the input folder"):
+            atomic.prepare_output_dir(tmp_path / "in" / ".", [given])
+    with pytest.raises(VolsegError, match="cannot write the output folder"):
+        atomic.prepare_output_dir(tmp_path / "file" / "sub")
+
+    def refuse(*args, **kwargs):  # what an immutable folder (chattr +i) does, even for root
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(atomic.tempfile, "mkstemp", refuse)
+    with pytest.raises(VolsegError, match="out: cannot write the output folder: Operation not permitted"):
+        atomic.prepare_output_dir(tmp_path / "out")

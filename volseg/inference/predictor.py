@@ -141,12 +141,11 @@ def predict_folder(inputs: list, out_dir: str | Path, model: LoadedModel, option
     from volseg.inference.cases import find_input_cases
     from volseg.inference.export import BackgroundExporter
     from volseg.inference.uncertainty import case_uncertainty
-    from volseg.io.atomic import output_complete, write_json
+    from volseg.io.atomic import output_complete, prepare_output_dir, write_json
     from volseg.shift.check import describe_flag
     from volseg.shift.features import FeatureProbe
 
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = prepare_output_dir(out_dir, inputs)
     device = resolve_device(options.device)
     ending = model.plans["dataset"].get("file_ending", ".nii.gz")
     conformal = None

@@ -7,7 +7,7 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -103,3 +103,38 @@ def output_complete(path: str | os.PathLike) -> bool:
             return False
         return True
     return path.stat().st_size > 0
+
+
+def prepare_output_dir(out_dir: str | os.PathLike, inputs: Sequence[str | os.PathLike] = ()) -> Path:
+    """Create the output folder ``out_dir`` (with its parents) before any work starts.
+
+    Args:
+        out_dir: The folder a command writes into.
+        inputs: The command's input files or folders; the output may not be one of these
+            folders (or the folder of an input file).
+
+    Raises:
+        VolsegError: Naming the folder: it is an existing file, it is an input folder, it
+            cannot be created, or nothing can be written into it (a read-only file system,
+            missing permissions, an immutable folder).
+    """
+    from volseg.errors import VolsegError
+
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise VolsegError(out, "exists and is not a folder; choose another output folder (-o)")
+    target = out.resolve()
+    for given in inputs:
+        folder = Path(given).resolve()
+        folder = folder if folder.is_dir() or not folder.exists() else folder.parent
+        if folder == target:
+            raise VolsegError(out, f"is the input folder {given}; outputs would be written among the inputs; "
+                              "choose another output folder (-o)")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".volseg-write-check.", dir=out)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise VolsegError(out, f"cannot write the output folder: {e.strerror or e}") from None
+    return out
