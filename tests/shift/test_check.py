@@ -92,3 +92,12 @@ def test_calibrate_shift_command(tiny_model, tmp_path, capsys):
     shutil.copytree(model, other)
     assert main(["calibrate-shift", str(other), str(tmp_path / "site")]) == 2  # predicted with another model
     assert "was predicted with" in capsys.readouterr().err
+
+
+def test_shift_alpha_outside_zero_one_is_a_usage_error(capsys):
+    import pytest
+
+    for bad in ("0", "1.5", "x"):
+        with pytest.raises(SystemExit) as e:
+            main(["predict", "-i", "in", "-o", "out", "-m", "model", "--shift-alpha", bad])
+        assert e.value.code == 2 and "expected a level in (0, 1)" in capsys.readouterr().err

@@ -37,7 +37,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
                    help="memory budget of the stitching buffers; above it z-slab mode is used (default: automatic)")
     p.add_argument("--backend", choices=["auto", "torch", "triton"], default="auto",
                    help="stitching kernels: Triton on CUDA, torch on the CPU (default auto)")
-    p.add_argument("--shift-alpha", type=float, default=0.05,
+    p.add_argument("--shift-alpha", type=level, default=0.05,
                    help="flag a case whose input looks unlike the training data at this false-alarm level: at most "
                         "this fraction of cases like the training data is flagged (default 0.05; needs MODEL/shift.json)")
     p.add_argument("--refuse-shifted", action="store_true",
@@ -48,6 +48,17 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="skip cases whose label file already exists")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
+
+
+def level(text: str) -> float:
+    """An argparse type: a level strictly between 0 and 1."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a level in (0, 1), got {text!r}") from None
+    if not 0.0 < value < 1.0:
+        raise argparse.ArgumentTypeError(f"expected a level in (0, 1), got {text}")
+    return value
 
 
 def run(args: argparse.Namespace) -> int:
