@@ -28,19 +28,21 @@ def test_output_folder_is_checked_before_work(tmp_path, monkeypatch):
 
     (tmp_path / "file").write_text("x")
     with pytest.raises(VolsegError, match="exists and is not a folder"):
-        atomic.prepare_output_dir(tmp_path / "file")
+        atomic.check_output_dir(tmp_path / "file")
     inputs = tmp_path / "in"
     inputs.mkdir()
     (inputs / "case_0000.nii.gz").write_bytes(b"")
     for given in (inputs, inputs / "case_0000.nii.gz"):
         with pytest.raises(VolsegError, match="is the input folder"):
-            atomic.prepare_output_dir(tmp_path / "in" / ".", [given])
-    with pytest.raises(VolsegError, match="cannot write the output folder"):
-        atomic.prepare_output_dir(tmp_path / "file" / "sub")
+            atomic.check_output_dir(tmp_path / "in" / ".", [given])
+    with pytest.raises(VolsegError, match="cannot write the output folder: .*file is a file"):
+        atomic.check_output_dir(tmp_path / "file" / "sub")
+    assert atomic.check_output_dir(tmp_path / "new" / "deeper") == tmp_path / "new" / "deeper"
+    assert not (tmp_path / "new").exists() and not list(tmp_path.glob(".volseg-write-check.*"))
 
     def refuse(*args, **kwargs):  # what an immutable folder (chattr +i) does, even for root
         raise PermissionError(1, "Operation not permitted")
 
     monkeypatch.setattr(atomic.tempfile, "mkstemp", refuse)
     with pytest.raises(VolsegError, match="out: cannot write the output folder: Operation not permitted"):
-        atomic.prepare_output_dir(tmp_path / "out")
+        atomic.check_output_dir(tmp_path / "out")

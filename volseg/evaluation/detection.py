@@ -248,9 +248,9 @@ def evaluate_detection_csv(candidates_csv: str | os.PathLike, annotations_csv: s
         >>> s["cpm"], s["cpm_ci"]  # doctest: +SKIP
         (0.871, [0.846, 0.893])
     """
-    from volseg.io.atomic import prepare_output_dir
+    from volseg.io.atomic import check_output_dir
 
-    out = prepare_output_dir(out_dir)
+    out = check_output_dir(out_dir)
     candidates = read_points_csv(candidates_csv, "probability")
     annotations = read_points_csv(annotations_csv, "diameter_mm")
     excluded = {} if excluded_csv is None else read_points_csv(excluded_csv, "diameter_mm")
@@ -268,6 +268,7 @@ def evaluate_detection_csv(candidates_csv: str | os.PathLike, annotations_csv: s
 
     summary = json_safe(_summary(result, candidates_csv, annotations_csv, excluded_csv, scan_source, outside))
 
+    out.mkdir(parents=True, exist_ok=True)
     write_nodule_csv(out / "nodules.csv", result)
     if plots:
         plot_froc(result, out / "froc.png")

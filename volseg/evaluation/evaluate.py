@@ -78,9 +78,9 @@ def evaluate_folders(pred_dir: str | os.PathLike, ref_dir: str | os.PathLike, ou
         >>> summary["labels"]["liver"]["mean"]["dice"]  # doctest: +SKIP
         0.953
     """
-    from volseg.io.atomic import prepare_output_dir
+    from volseg.io.atomic import check_output_dir
 
-    out_dir = prepare_output_dir(out_dir, [pred_dir, ref_dir])
+    out_dir = check_output_dir(out_dir, [pred_dir, ref_dir])
     labels, declared, lesion_on = _label_setup(dataset_dir, regions or {}, lesion_wise)
     cfg = (lesion_cfg or LesionConfig()) if lesion_on else None
     found = pair_cases(pred_dir, ref_dir)
@@ -94,6 +94,7 @@ def evaluate_folders(pred_dir: str | os.PathLike, ref_dir: str | os.PathLike, ou
     summary = _summary(cases, labels, found, pred_dir, ref_dir, dataset_dir, tolerance_mm, cfg)
     from volseg.evaluation.report import write_case_csv, write_summary
 
+    out_dir.mkdir(parents=True, exist_ok=True)
     write_case_csv(out_dir / "cases.csv", cases, cfg is not None)
     if plots and any(is_scored(c) for c in cases):
         _write_plots(out_dir / "plots", cases, labels, tolerance_mm, worst, images_dir)

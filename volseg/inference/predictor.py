@@ -141,11 +141,12 @@ def predict_folder(inputs: list, out_dir: str | Path, model: LoadedModel, option
     from volseg.inference.cases import find_input_cases
     from volseg.inference.export import BackgroundExporter
     from volseg.inference.uncertainty import case_uncertainty
-    from volseg.io.atomic import output_complete, prepare_output_dir, write_json
+    from volseg.io.atomic import check_output_dir, output_complete, write_json
     from volseg.shift.check import describe_flag
     from volseg.shift.features import FeatureProbe
 
-    out_dir = prepare_output_dir(out_dir, inputs)
+    out_dir = check_output_dir(out_dir, inputs)
+    out_dir.mkdir(parents=True, exist_ok=True)
     device = resolve_device(options.device)
     ending = model.plans["dataset"].get("file_ending", ".nii.gz")
     conformal = None
@@ -195,9 +196,9 @@ def predict_folder(inputs: list, out_dir: str | Path, model: LoadedModel, option
                 if unc is not None:
                     record["uncertainty"] = unc
                 if check is not None:
-                    scores, outside = check.scores(images, geometry.spacing, pred.labels,
-                                                   probe.features if probe is not None else None, unc)
-                    record["shift"] = check.report(scores, outside)
+                    measured = check.scores(images, geometry.spacing, pred.labels,
+                                            probe.features if probe is not None else None, unc)
+                    record["shift"] = check.report(*measured)
                     if record["shift"].get("flagged"):
                         log.warning("%s", describe_flag(case.case_id, record["shift"], check.alpha))
                         summary["shift"]["flagged"].append(case.case_id)

@@ -105,8 +105,11 @@ def output_complete(path: str | os.PathLike) -> bool:
     return path.stat().st_size > 0
 
 
-def prepare_output_dir(out_dir: str | os.PathLike, inputs: Sequence[str | os.PathLike] = ()) -> Path:
-    """Create the output folder ``out_dir`` (with its parents) before any work starts.
+def check_output_dir(out_dir: str | os.PathLike, inputs: Sequence[str | os.PathLike] = ()) -> Path:
+    """Check, before any work starts, that a command can write into the folder ``out_dir``.
+
+    Nothing is created: a command that fails later leaves no empty folder behind. Writability
+    is probed with a temporary file in ``out_dir``, or in its nearest existing parent.
 
     Args:
         out_dir: The folder a command writes into.
@@ -114,8 +117,8 @@ def prepare_output_dir(out_dir: str | os.PathLike, inputs: Sequence[str | os.Pat
             folders (or the folder of an input file).
 
     Raises:
-        VolsegError: Naming the folder: it is an existing file, it is an input folder, it
-            cannot be created, or nothing can be written into it (a read-only file system,
+        VolsegError: Naming the folder: it is an existing file, it is an input folder, a file
+            lies on its path, or nothing can be written there (a read-only file system,
             missing permissions, an immutable folder).
     """
     from volseg.errors import VolsegError
@@ -130,9 +133,13 @@ def prepare_output_dir(out_dir: str | os.PathLike, inputs: Sequence[str | os.Pat
         if folder == target:
             raise VolsegError(out, f"is the input folder {given}; outputs would be written among the inputs; "
                               "choose another output folder (-o)")
+    existing = target
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise VolsegError(out, f"cannot write the output folder: {existing} is a file")
     try:
-        out.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(prefix=".volseg-write-check.", dir=out)
+        fd, probe = tempfile.mkstemp(prefix=".volseg-write-check.", dir=existing)
         os.close(fd)
         os.unlink(probe)
     except OSError as e:

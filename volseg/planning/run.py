@@ -48,10 +48,11 @@ def plan_and_preprocess(dataset_dir: str | os.PathLike, out_dir: str | os.PathLi
     Example:
         >>> plans = plan_and_preprocess("data/ms_demo", "runs/ms_demo", device="cpu")
     """
-    from volseg.io.atomic import prepare_output_dir
+    from volseg.io.atomic import check_output_dir
 
-    out_dir = prepare_output_dir(out_dir, [dataset_dir])
+    out_dir = check_output_dir(out_dir, [dataset_dir])
     dataset = load_dataset(dataset_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
     plans_path, fp_path = out_dir / "plans.json", out_dir / "fingerprint.json"
     if plans_path.is_file() and not overwrite_plans:
         log.info("using existing %s (pass --overwrite-plans to re-plan)", plans_path)
