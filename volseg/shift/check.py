@@ -106,8 +106,9 @@ class ShiftCheck:
         return len(self.calibration["cases"]) if self.calibration else 0
 
     def scores(self, images: np.ndarray, spacing: Sequence[float], labels: np.ndarray | None,
-               tile_features: Sequence[np.ndarray | None] | None, uncertainty: dict | None) -> tuple[dict, list]:
-        """``(scores, outside)`` of one case.
+               tile_features: Sequence[np.ndarray | None] | None,
+               uncertainty: dict | None) -> tuple[dict, list, dict | None]:
+        """``(scores, outside, statistics)`` of one case.
 
         Args:
             images: float32 (C, Z, Y, X) input image as read.
@@ -117,23 +118,30 @@ class ShiftCheck:
             uncertainty: The case's :func:`volseg.inference.uncertainty.case_uncertainty`.
 
         Returns:
-            Score name → value, and the fingerprint statistics outside the training range.
+            Score name → value, the fingerprint statistics outside the training range, and
+            every measured statistic (:func:`~volseg.shift.statistics.case_statistics`; None
+            without a fingerprint reference).
         """
         out: dict[str, float] = {}
         outside: list = []
+        stats = None
         if self.fingerprint is not None:
             fg = labels > 0 if labels is not None else None
-            out["fingerprint"], outside = self.fingerprint.deviation(case_statistics(images, spacing, fg))
+            stats = case_statistics(images, spacing, fg)
+            out["fingerprint"], outside = self.fingerprint.deviation(stats)
         if self.features is not None and tile_features is not None and all(f is not None for f in tile_features):
             out["features"] = float(np.mean([ref.score(f) for ref, f in zip(self.features, tile_features)]))
         if uncertainty is not None:
             out["uncertainty"] = float(uncertainty.get("expected_entropy", uncertainty["entropy"]))
-        return out, outside
+        return out, outside, stats
 
-    def report(self, scores: dict, outside: list) -> dict:
-        """The case's ``shift`` record of ``summary.json``: ``scores``, ``outside_training_range``
-        and, when calibrated, ``p_values`` (per score), ``p_value`` (combined) and ``flagged``."""
+    def report(self, scores: dict, outside: list, statistics: dict | None = None) -> dict:
+        """The case's ``shift`` record of ``summary.json``: ``scores``, ``outside_training_range``,
+        the measured ``statistics`` and, when calibrated, ``p_values`` (per score), ``p_value``
+        (combined) and ``flagged``."""
         rec: dict = {"scores": {k: round(v, 6) for k, v in scores.items()}, "outside_training_range": outside}
+        if statistics is not None:
+            rec["statistics"] = {k: round(v, 6) for k, v in statistics.items()}
         if self.calibration:
             cal = self.calibration["scores"]
             rec["p_values"] = {k: round(conformal_pvalue(cal[k], v), 6) for k, v in scores.items() if k in cal}

@@ -84,8 +84,13 @@ def describe(name: str) -> str:
 
 @dataclass(frozen=True)
 class FingerprintReference:
-    """Per statistic the training cases' ``low``/``high`` (range), ``median`` and ``scale``
-    (1.4826 × median absolute deviation, at least 1% of |median| and 1e-6)."""
+    """Per statistic the training cases' ``low``/``high`` (range), ``median`` and ``scale``.
+
+    The scale is 1.4826 × the median absolute deviation, but at least a floor that keeps a
+    statistic that never varied in training from turning a negligible difference into a
+    huge z: 1% of the channel's median intensity for intensity statistics, 0.005 for
+    centroids (fractions of the extent), 1% of the median for noise, spacing and shape.
+    """
 
     low: dict[str, float]
     high: dict[str, float]
@@ -100,15 +105,15 @@ class FingerprintReference:
         if not cases:
             raise ValueError("a fingerprint reference needs at least one case")
         names = sorted({k for c in cases for k in c}, key=lambda k: next(list(c).index(k) for c in cases if k in c))
-        low, high, median, scale = {}, {}, {}, {}
+        low, high, median, spread = {}, {}, {}, {}
         for k in names:
             v = np.array([c[k] for c in cases if k in c], dtype=np.float64)
             if 2 * v.size < len(cases):
                 continue
             med = float(np.median(v))
-            mad = float(np.median(np.abs(v - med)))
             low[k], high[k], median[k] = float(v.min()), float(v.max()), med
-            scale[k] = max(1.4826 * mad, 0.01 * abs(med), 1e-6)
+            spread[k] = 1.4826 * float(np.median(np.abs(v - med)))
+        scale = {k: max(spread[k], _floor(k, median), 1e-6) for k in median}
         return cls(low, high, median, scale, len(cases))
 
     def deviation(self, stats: Mapping[str, float]) -> tuple[float, list[dict]]:
@@ -131,6 +136,18 @@ class FingerprintReference:
                                 "z": round(z, 2)})
         outside.sort(key=lambda o: -o["z"])
         return float(score), outside
+
+
+def _floor(name: str, median: Mapping[str, float]) -> float:
+    """The smallest scale of statistic ``name`` (see :class:`FingerprintReference`)."""
+    parts = name.split()
+    if parts[0] != "channel":
+        return 0.01 * abs(median[name])
+    if parts[2] == "centroid":
+        return 0.005
+    if parts[2] == "noise":
+        return 0.01 * abs(median[name])
+    return 0.01 * abs(median.get(f"channel {parts[1]} image p50", median[name]))
 
 
 def format_outside(item: Mapping) -> str:
