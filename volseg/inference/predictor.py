@@ -120,8 +120,9 @@ def predict_folder(inputs: list, out_dir: str | Path, model: LoadedModel, option
 
     A bad case (unreadable, wrong channel count, channels with different geometry) is
     reported and skipped; the others complete. With ``resume``, a case whose last output file
-    is whole (:func:`~volseg.io.atomic.output_complete`) is skipped; a truncated one is redone. The next case is read and preprocessed in
-    a background thread while the current one runs, and outputs are written by another.
+    is whole (:func:`~volseg.io.atomic.output_complete`) is skipped; a truncated one is redone.
+    The next case is read and preprocessed in a background thread while the current one
+    runs, and outputs are written by another.
 
     Each case is compared with the training data when the model keeps a shift reference
     (:mod:`volseg.shift`): its ``shift`` record gives the scores, the fingerprint statistics
@@ -140,7 +141,6 @@ def predict_folder(inputs: list, out_dir: str | Path, model: LoadedModel, option
     from volseg.errors import VolsegError
     from volseg.inference.cases import find_input_cases
     from volseg.inference.export import BackgroundExporter
-    from volseg.inference.uncertainty import case_uncertainty
     from volseg.io.atomic import check_output_dir, output_complete, write_json
     from volseg.shift.check import describe_flag
     from volseg.shift.features import FeatureProbe
@@ -191,19 +191,12 @@ def predict_folder(inputs: list, out_dir: str | Path, model: LoadedModel, option
                 finally:
                     if probe is not None:
                         probe.close()
-                record = {"status": "done"}
-                unc = case_uncertainty(pred)
-                if unc is not None:
-                    record["uncertainty"] = unc
-                if check is not None:
-                    measured = check.scores(images, geometry.spacing, pred.labels,
-                                            probe.features if probe is not None else None, unc)
-                    record["shift"] = check.report(*measured)
-                    if record["shift"].get("flagged"):
-                        log.warning("%s", describe_flag(case.case_id, record["shift"], check.alpha))
-                        summary["shift"]["flagged"].append(case.case_id)
-                        if options.refuse_shifted:
-                            record["status"] = "refused"
+                record = _case_record(pred, images, geometry, check, probe)
+                if record.get("shift", {}).get("flagged"):
+                    log.warning("%s", describe_flag(case.case_id, record["shift"], check.alpha))
+                    summary["shift"]["flagged"].append(case.case_id)
+                    if options.refuse_shifted:
+                        record["status"] = "refused"
                 if not options.save_uncertainty:
                     _drop_uncertainty(pred)
                 if record["status"] == "done":
@@ -249,6 +242,21 @@ def _shift_summary(check, options: PredictOptions, config_name: str) -> dict:
         log.log(logging.INFO if check.calibration is None else logging.WARNING, "%s", warning)
         rec["warning"] = warning
     return rec
+
+
+def _case_record(pred: CasePrediction, images: np.ndarray, geometry: Geometry, check, probe) -> dict:
+    """A predicted case's ``summary.json`` record (without timings): its mean uncertainty and,
+    with a shift check, its ``shift`` record."""
+    from volseg.inference.uncertainty import case_uncertainty
+
+    record: dict = {"status": "done"}
+    unc = case_uncertainty(pred)
+    if unc is not None:
+        record["uncertainty"] = unc
+    if check is not None:
+        features = probe.features if probe is not None else None
+        record["shift"] = check.report(*check.scores(images, geometry.spacing, pred.labels, features, unc))
+    return record
 
 
 def _drop_uncertainty(prediction: CasePrediction) -> None:
