@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from volseg.data.augmentation import default_augmentation, no_intensity_augmentation
-from volseg.data.loader import _worker_seed, make_loader
+from volseg.data.loader import batch_seeds, make_loader
 
 PATCH = [16, 16, 16]
 SCALES = [[1, 1, 1], [0.5, 0.5, 0.5]]
@@ -54,9 +54,39 @@ def test_ddp_ranks_draw_different_batches(cases):
     assert not torch.equal(b0["data"], b1["data"])
 
 
-def test_worker_seeds_differ():
-    seeds = {_worker_seed(0, r, w, t) for r in range(2) for w in range(3) for t in (True, False)}
+def test_batch_seeds_differ_by_rank_loader_and_index():
+    seeds = {tuple(batch_seeds(0, r, t, g)) for r in range(2) for g in range(3) for t in (True, False)}
     assert len(seeds) == 12
+
+
+def _same(xs, ys):
+    return all(torch.equal(x["data"], y["data"]) and x["keys"] == y["keys"]
+               and all(torch.equal(s, t) for s, t in zip(x["target"], y["target"])) for x, y in zip(xs, ys))
+
+
+def test_batches_do_not_depend_on_the_worker_count(cases):
+    def batches(workers):
+        with make_loader(cases, PATCH, 2, _params(), SCALES, num_workers=workers, seed=3, num_cached=1) as loader:
+            return _take(loader, 5)
+
+    in_process = batches(0)
+    assert _same(in_process, batches(2)) and _same(in_process, batches(3))
+    assert not torch.equal(in_process[0]["data"], in_process[1]["data"])
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_seek_continues_the_stream_at_a_batch(cases, workers):
+    """What a resumed training run relies on: seek(k) gives batches k, k+1, … of the stream."""
+    with make_loader(cases, PATCH, 2, _params(), SCALES, num_workers=workers, seed=4, num_cached=1) as loader:
+        whole = _take(loader, 6)
+        loader.seek(2)  # running workers are restarted
+        again = _take(loader, 4)
+    with make_loader(cases, PATCH, 2, _params(), SCALES, num_workers=workers, seed=4, num_cached=1) as fresh:
+        fresh.seek(3)  # before the workers start
+        late = _take(fresh, 3)
+    assert _same(whole[2:], again) and _same(whole[3:], late)
+    with pytest.raises(ValueError, match="≥ 0"):
+        loader.seek(-1)
 
 
 def test_multiprocess_loader_yields_and_closes(cases):

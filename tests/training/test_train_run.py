@@ -126,3 +126,36 @@ def test_non_positive_schedule_overrides_are_refused(tiny_plan, tmp_path, kwargs
 
     with pytest.raises(ValueError, match="must be a positive integer"):
         train_only(tiny_plan, tmp_path / "m", fold=0, progress=False, **kwargs)
+
+
+class _Killed(Exception):
+    pass
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_killed_and_resumed_run_gives_the_uninterrupted_weights(tiny_plan, tmp_path, monkeypatch, workers):
+    """A run stopped right after its second epoch's checkpoint and resumed ends bit-identical."""
+    import volseg.training.trainer as trainer
+    from volseg.training.run import train as train_only
+
+    kw = dict(fold=0, epochs=3, iterations=2, progress=False, num_workers=workers, seed=11)
+    whole = train_only(tiny_plan, tmp_path / "whole", **kw).fold_dir
+    plot, calls = trainer.plot_progress, []
+
+    def killed_after_second_epoch(records, path):
+        calls.append(len(records))
+        if len(records) == 2:
+            raise _Killed  # checkpoint_latest.pt of epoch 2 is on disk, nothing after it
+        plot(records, path)
+
+    monkeypatch.setattr(trainer, "plot_progress", killed_after_second_epoch)
+    with pytest.raises(_Killed):
+        train_only(tiny_plan, tmp_path / "cut", **kw)
+    monkeypatch.setattr(trainer, "plot_progress", plot)
+    resumed = train_only(tiny_plan, tmp_path / "cut", resume_training=True, **kw).fold_dir
+    assert load_checkpoint(resumed / "checkpoint_latest.pt")["epoch"] == 3
+    a, b = _weights(whole / "checkpoint_final.pt"), _weights(resumed / "checkpoint_final.pt")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    log = [json.loads(x) for x in (resumed / "log.jsonl").read_text().splitlines()]
+    assert [r["train_loss"] for r in log] == [json.loads(x)["train_loss"]
+                                                for x in (whole / "log.jsonl").read_text().splitlines()]

@@ -11,10 +11,13 @@ batches returned round-robin, so the order is reproducible for a given seed).
 NumPy and Python random state (the caller's global ``np.random`` and ``random`` states are
 left untouched).
 
-Seeds: worker ``w`` of rank ``r`` samples from the stream ``(seed, r, w)`` and seeds
-batchgenerators' global ``np.random`` and ``random`` with a value derived from
-``(seed, r, w, training)``, so
-workers, ranks and the training/validation loaders all draw differently.
+Seeds: batch ``g`` (0, 1, 2, … in the order the consumer receives them) of rank ``r`` is
+drawn from random streams keyed by ``(seed, r, training, g)``: the sampler's generator and
+batchgenerators' global ``np.random`` and ``random`` are all re-seeded from that key before
+the batch is made. A batch is therefore a function of its index alone: the same for any
+number of workers, and :meth:`BatchLoader.seek` restarts the stream at any batch, which is
+how a resumed training run sees exactly the batches the uninterrupted run would have.
+Ranks and the training/validation loaders draw differently.
 """
 
 from __future__ import annotations
@@ -38,33 +41,52 @@ log = logging.getLogger(__name__)
 class SamplerSource(SlimDataLoaderBase):
     """batchgenerators data loader around a :class:`PatchSampler` (endless, lazy windows).
 
-    The augmenter calls :meth:`set_thread_id` in each worker; the worker then draws from its
-    own stream of the sampler and seeds Python's ``random`` (which batchgenerators' noise
-    transforms use, and its augmenter does not seed) with ``seeds[thread_id]``.  With
-    ``single_threaded_torch`` (set for worker processes) the worker also limits torch to one
-    thread, so that augmentation workers do not oversubscribe the cores training runs on.
+    Worker ``w`` of ``num_workers`` (the augmenter calls :meth:`set_thread_id` in each) makes
+    batches ``start + w``, ``start + w + num_workers``, … — the augmenter returns them
+    round-robin, so the consumer receives batches ``start``, ``start + 1``, … in order.
+    Before each batch the sampler's generator, ``np.random`` and ``random`` are re-seeded
+    from ``(seed, rank, training, batch index)``.  With ``single_threaded_torch`` (set for
+    worker processes) the worker also limits torch to one thread, so that augmentation
+    workers do not oversubscribe the cores training runs on.
     """
 
-    def __init__(self, sampler: PatchSampler, seeds: Sequence[int]) -> None:
+    def __init__(self, sampler: PatchSampler, seed: int, training: bool, num_workers: int = 1,
+                 start: int = 0) -> None:
         super().__init__(None, sampler.batch_size, None)
-        self.sampler, self.seeds = sampler, list(seeds)
+        self.sampler, self.seed, self.training = sampler, int(seed), bool(training)
+        self.num_workers, self.start = max(int(num_workers), 1), int(start)
         self.single_threaded_torch = False
+        self._made = 0
 
     def set_thread_id(self, thread_id: int) -> None:
         super().set_thread_id(thread_id)
-        self.sampler.set_stream(thread_id)
-        random.seed(self.seeds[thread_id])
+        self._made = 0
         if self.single_threaded_torch:
             import torch
 
             torch.set_num_threads(1)
 
+    def batch_index(self) -> int:
+        """Index of the next batch this worker makes."""
+        return self.start + self._made * self.num_workers + self.thread_id
+
     def generate_train_batch(self) -> dict:
+        key = batch_seeds(self.seed, self.sampler.rank, self.training, self.batch_index())
+        self._made += 1
+        self.sampler.rng = np.random.default_rng(key[0])
+        np.random.seed(key[1])
+        random.seed(key[2])
         return self.sampler.sample_windows()
 
 
-def _worker_seed(seed: int, rank: int, worker: int, training: bool) -> int:
-    return int(np.random.SeedSequence([seed, rank, worker, int(training), 0x5EED]).generate_state(1)[0])
+def batch_seeds(seed: int, rank: int, training: bool, index: int) -> list[int]:
+    """Three 32-bit seeds (sampler, ``np.random``, ``random``) of batch ``index``.
+
+    Example:
+        >>> batch_seeds(0, 0, True, 5) == batch_seeds(0, 0, True, 5) != batch_seeds(0, 0, True, 6)
+        True
+    """
+    return [int(v) for v in np.random.SeedSequence([seed, rank, int(training), index, 0x5EED]).generate_state(3)]
 
 
 def _pin(batch: dict) -> dict:
@@ -89,7 +111,6 @@ class BatchLoader:
         transform: Applied to every batch from ``source`` (in the workers); must return NumPy
             arrays (``build_transforms(..., to_torch=False)``), converted to torch here.
         num_workers: Background processes; 0 = produce in the calling process.
-        seeds: One seed per worker (``max(num_workers, 1)`` of them) for ``np.random`` and ``random``.
         pin_memory: Pin the tensors of each batch (only when CUDA is available), in the consuming
             process; the copy counts toward :attr:`wait_time`.
         num_cached: Batches buffered per worker.
@@ -102,7 +123,7 @@ class BatchLoader:
     Use it as a context manager, or call :meth:`close`, so no worker outlives it.
     """
 
-    def __init__(self, source: SamplerSource, transform, num_workers: int, seeds: Sequence[int],
+    def __init__(self, source: SamplerSource, transform, num_workers: int,
                  pin_memory: bool = False, num_cached: int = 3) -> None:
         import torch
 
@@ -115,33 +136,35 @@ class BatchLoader:
         self._closed = False
         self._source, self._transform, self._to_torch = source, transform, ToTorch()
         if num_workers == 0:
-            states = np.random.get_state(), random.getstate()
             source.set_thread_id(0)
-            np.random.seed(seeds[0])
-            self._states = np.random.get_state(), random.getstate()
-            np.random.set_state(states[0])
-            random.setstate(states[1])
             self._augmenter = None
         else:
             source.single_threaded_torch = True
             self._augmenter = MultiThreadedAugmenter(source, transform, num_workers, num_cached_per_queue=num_cached,
-                                                     seeds=list(seeds), pin_memory=False)
+                                                     seeds=list(range(num_workers)), pin_memory=False)
 
     def __iter__(self) -> "BatchLoader":
         return self
 
     def _produce_here(self) -> dict:
-        # batchgenerators draws from the global NumPy and Python streams: swap ours in and out
+        # the source re-seeds the global NumPy and Python streams per batch: keep the caller's
         states = np.random.get_state(), random.getstate()
-        np.random.set_state(self._states[0])
-        random.setstate(self._states[1])
         try:
             batch = self._transform(**next(self._source))
         finally:
-            self._states = np.random.get_state(), random.getstate()
             np.random.set_state(states[0])
             random.setstate(states[1])
         return batch
+
+    def seek(self, index: int) -> None:
+        """Continue with batch ``index`` of the stream (0 = the first batch), as if ``index``
+        batches had been taken; running workers are restarted."""
+        if index < 0:
+            raise ValueError(f"batch index must be ≥ 0, got {index}")
+        self._source.start = int(index)
+        self._source._made = 0
+        if self._augmenter is not None and self._augmenter.was_initialized:
+            self._augmenter.restart()
 
     def __next__(self) -> dict:
         if self._closed:
@@ -230,7 +253,7 @@ def make_loader(cases: Sequence[Case], patch_size: Sequence[int], batch_size: in
                            class_weights=class_weights)
     transform = build_transforms(params, patch_size, deep_supervision_scales, is_training=params is not None,
                                  to_torch=False, targets=targets)
-    seeds = [_worker_seed(seed, rank, w, training) for w in range(max(num_workers, 1))]
     log.debug("loader rank %d: %d workers, batch %d, window %s → patch %s", rank, num_workers,
               sampler.batch_size, list(sampler.sample_size), list(patch_size))
-    return BatchLoader(SamplerSource(sampler, seeds), transform, num_workers, seeds, pin_memory, num_cached)
+    source = SamplerSource(sampler, seed, training, num_workers)
+    return BatchLoader(source, transform, num_workers, pin_memory, num_cached)

@@ -134,11 +134,10 @@ def train(plan_dir: str | os.PathLike, model_dir: str | os.PathLike | None = Non
     workers = tcfg.get("num_workers", 2) if num_workers is None else num_workers
     if not resume_training and latest.is_file():
         raise ModelError(latest, "fold already has a checkpoint; pass --resume to continue it, or use another -o")
-    start_epoch = 0
     if resume_training and latest.is_file():
-        start_epoch = int(load_checkpoint(latest, plan_hash)["epoch"])
+        load_checkpoint(latest, plan_hash)  # a damaged or foreign checkpoint fails before the loaders start
     parts = build_parts(plans, config, plan_dir / "preprocessed" / config_name, train_ids, val_ids, ctx,
-                        num_workers=workers, seed=seed + 1000 * start_epoch)
+                        num_workers=workers, seed=seed)
     try:
         if resume_training and latest.is_file():
             resume(parts, latest, plan_hash, state, sched)

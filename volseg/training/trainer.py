@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import logging
 import math
+import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+import numpy as np
 import torch
 
 from volseg.errors import VolsegError
@@ -186,18 +188,55 @@ def validate(parts: TrainParts, sched: Schedule, ctx: DistContext) -> tuple[floa
     return float(loss_sum[0] / loss_sum[1]), score, extra
 
 
+def rng_states() -> dict:
+    """Every random state of the training process, as tensors and plain values (``weights_only`` safe).
+
+    torch's CPU (and CUDA, when present) generators, NumPy's global ``RandomState`` and Python's
+    ``random``. The data loader's streams are not among them: they are keyed by batch index
+    (:meth:`volseg.data.loader.BatchLoader.seek`).
+    """
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    version, internal, gauss_next = random.getstate()
+    out = {"torch": torch.get_rng_state(),
+           "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos), "has_gauss": int(has_gauss),
+                     "cached_gaussian": float(gauss)},
+           "python": {"version": version, "internal": list(internal), "gauss_next": gauss_next}}
+    if torch.cuda.is_available():
+        out["cuda"] = torch.cuda.get_rng_state_all()
+    return out
+
+
+def set_rng_states(states: dict) -> None:
+    """Restore what :func:`rng_states` returned (CUDA states only where CUDA is present)."""
+    torch.set_rng_state(states["torch"])
+    if "cuda" in states and torch.cuda.is_available() and len(states["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(states["cuda"])
+    n = states["numpy"]
+    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
+                         n["cached_gaussian"]))
+    py = states["python"]
+    random.setstate((py["version"], tuple(py["internal"]), py["gauss_next"]))
+
+
 def checkpoint_state(parts: TrainParts, state: TrainState, plan_hash: str, config_name: str, fold: str,
                      sched_epochs: int) -> dict:
     return {"network": _raw(parts.network).state_dict(), "optimizer": parts.optimizer.state_dict(),
             "epoch": state.epoch, "score_ema": state.score_ema, "best_score": state.best_score,
             "plan_hash": plan_hash, "configuration": config_name, "fold": fold,
-            "torch_rng": torch.get_rng_state(), "epochs": sched_epochs}
+            "rng": rng_states(), "epochs": sched_epochs}
+
+
+def _seek(batches: Iterator[dict] | None, index: int) -> None:
+    if batches is not None and hasattr(batches, "seek"):
+        batches.seek(index)
 
 
 def resume(parts: TrainParts, path: Path, plan_hash: str, state: TrainState, sched: Schedule) -> None:
-    """Load network, optimizer and counters from ``path`` into ``parts`` and ``state``.
+    """Load network, optimizer, counters and random states from ``path`` into ``parts`` and ``state``.
 
-    A schedule whose length a time limit fixed keeps that length (``sched.epochs``).
+    The loaders continue at the first batch of ``state.epoch``, so that a run killed and resumed
+    gives the weights of the uninterrupted run, bit for bit (on the CPU). A schedule whose
+    length a time limit fixed keeps that length (``sched.epochs``).
     """
     ck = load_checkpoint(path, plan_hash)
     if sched.time_limit is not None and "epochs" in ck:
@@ -207,7 +246,12 @@ def resume(parts: TrainParts, path: Path, plan_hash: str, state: TrainState, sch
     state.epoch = int(ck["epoch"])
     state.score_ema = ck.get("score_ema", ck.get("ema_dice"))  # older checkpoints: ema_dice / best_ema
     state.best_score = float(ck.get("best_score", ck.get("best_ema", -1.0)))
-    torch.set_rng_state(ck["torch_rng"])
+    if "rng" in ck:
+        set_rng_states(ck["rng"])
+    else:  # checkpoints written before the full random state was kept
+        torch.set_rng_state(ck["torch_rng"])
+    _seek(parts.train_batches, state.epoch * sched.iterations_per_epoch)
+    _seek(parts.val_batches, state.epoch * sched.val_iterations)
 
 
 def fit_epochs(sched: Schedule, epoch_seconds: float, ctx: DistContext, bar=None) -> None:
