@@ -130,3 +130,11 @@ def test_multiprocess_loader_is_reproducible(cases):
 
     for x, y in zip(first_batches(), first_batches()):
         assert torch.equal(x["data"], y["data"]) and torch.equal(x["target"], y["target"])
+
+
+def test_loader_default_oversampling_is_the_samplers():
+    import inspect
+
+    from volseg.data.sampling import FOREGROUND_OVERSAMPLING
+
+    assert inspect.signature(make_loader).parameters["foreground_oversampling"].default is FOREGROUND_OVERSAMPLING

@@ -28,6 +28,20 @@ def test_forced_foreground_split_over_ranks():
         forced_foreground(2, 1.5)
 
 
+def test_foreground_oversampling_default_is_the_one_the_planner_writes():
+    import inspect
+
+    from volseg.data.sampling import FOREGROUND_OVERSAMPLING
+    from volseg.planning.planner import _configuration
+
+    default = inspect.signature(PatchSampler).parameters["foreground_oversampling"].default
+    assert default is FOREGROUND_OVERSAMPLING
+    net = {"strides": [[1, 1, 1], [2, 2, 2]]}
+    cfg = _configuration([1.0] * 3, [16] * 3, [16] * 3, 2, net, "cpu", 8.0, 1.0, 1.0,
+                         {"epochs": 1, "iterations_per_epoch": 1, "val_iterations": 0, "num_workers": 0})
+    assert cfg["training"]["foreground_oversampling"] is FOREGROUND_OVERSAMPLING
+
+
 def test_read_box_pads_with_zero():
     a = np.arange(2 * 4 * 4 * 4, dtype=np.float32).reshape(2, 4, 4, 4) + 1
     box = read_box(a, (-2, 1, 3), (2, 3, 6))

@@ -25,6 +25,25 @@ def lung_plan(tmp_path_factory):
     return root
 
 
+def test_matcher_and_sampler_settings_have_one_source():
+    """The plan's sampler (positive share of the sampled anchors, not foreground oversampling)
+    and matcher are the defaults of volseg.detection.matching, which the classes also use."""
+    import inspect
+
+    from volseg.detection import matching
+    from volseg.tasks.detection import detection_defaults
+
+    det = detection_defaults({"levels": [{"stride": [1, 2, 2], "shapes": [[2.0, 4.0, 4.0]]}], "mean_best_iou": 0.9,
+                              "num_boxes": 3})
+    assert det["sampler"] == {"batch_size_per_image": matching.BATCH_SIZE_PER_IMAGE,
+                              "positive_fraction": matching.POSITIVE_FRACTION,
+                              "min_neg": matching.MIN_NEGATIVES, "pool_size": matching.POOL_SIZE}
+    assert det["matcher"] == {"num_candidates": matching.NUM_CANDIDATES}
+    sampler = inspect.signature(matching.HardNegativeSampler).parameters
+    assert {k: sampler[k].default for k in det["sampler"]} == det["sampler"]
+    assert inspect.signature(matching.AnchorMatcher).parameters["num_candidates"].default == matching.NUM_CANDIDATES
+
+
 def test_plan_holds_anchors_levels_and_a_retina_unet(lung_plan):
     plans = load_plans(lung_plan / "plan" / "plans.json")
     assert plans["task"] == "detection"

@@ -50,6 +50,12 @@ def test_poly_schedule():
         learning_rate({"name": "step"}, 0.01, 0, 1)
 
 
+def test_poly_schedule_reads_its_exponent_from_the_plan():
+    assert learning_rate({"name": "poly", "exponent": 2.0}, 0.01, 50, 100) == pytest.approx(0.01 * 0.25)
+    with pytest.raises(KeyError, match="exponent"):  # no exponent of its own besides the planner's
+        learning_rate({"name": "poly"}, 0.01, 50, 100)
+
+
 def test_pseudo_dice_counts():
     logits = torch.zeros(1, 3, 2, 2, 2)
     logits[0, 1, 0] = 5  # predict class 1 in the first z slice

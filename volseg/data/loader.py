@@ -33,7 +33,7 @@ from batchgenerators.dataloading.multi_threaded_augmenter import MultiThreadedAu
 
 from volseg.data.augmentation import ToTorch, build_transforms
 from volseg.data.cases import Case
-from volseg.data.sampling import PatchSampler
+from volseg.data.sampling import FOREGROUND_OVERSAMPLING, PatchSampler
 
 log = logging.getLogger(__name__)
 
@@ -207,7 +207,7 @@ class BatchLoader:
 def make_loader(cases: Sequence[Case], patch_size: Sequence[int], batch_size: int,
                 augmentation: dict | None = None,
                 deep_supervision_scales: Sequence[Sequence[float]] | None = None, *,
-                targets=None, training: bool = True, foreground_oversampling: float = 0.33, num_workers: int = 2,
+                targets=None, training: bool = True, foreground_oversampling: float = FOREGROUND_OVERSAMPLING, num_workers: int = 2,
                 seed: int = 0, rank: int = 0, world_size: int = 1, pin_memory: bool = False,
                 num_cached: int = 3, random_offset: bool = False,
                 class_weights: dict[int, float] | None = None) -> BatchLoader:
@@ -241,9 +241,9 @@ def make_loader(cases: Sequence[Case], patch_size: Sequence[int], batch_size: in
         "keys": list of b case ids}``.
 
     Example:
-        >>> cases = load_cases(folder, ids)
+        >>> cases = load_cases(folder, ids)  # doctest: +SKIP
         >>> with make_loader(cases, [64, 64, 64], 2, plan_cfg["augmentation"], [[1, 1, 1], [.5, .5, .5]]) as loader:
-        ...     batch = next(loader)
+        ...     batch = next(loader)  # doctest: +SKIP
         ...     print(loader.wait_time)
     """
     params = augmentation if training else None

@@ -25,6 +25,10 @@ import numpy as np
 
 from volseg.data.cases import Case
 
+# nnU-Net's oversample_foreground_percent: the planner writes it into every configuration's
+# ``training.foreground_oversampling``, and training reads it from there.
+FOREGROUND_OVERSAMPLING = 0.33
+
 
 def read_box(array: np.ndarray, lo: Sequence[int], hi: Sequence[int]) -> np.ndarray:
     """``array[:, lo:hi]`` over the spatial axes, zero where the box leaves the array.
@@ -119,7 +123,8 @@ class PatchSampler:
         batch_size: Global batch size; this rank draws its share (:func:`split_batch`).
         sample_size: Size (sz, sy, sx) of the window cut from the case, ≥ ``patch_size`` and
             ``sample_size - patch_size`` even (default: ``patch_size``).
-        foreground_oversampling: Fraction of the global batch forced to contain foreground.
+        foreground_oversampling: Fraction of the global batch forced to contain foreground
+            (default :data:`FOREGROUND_OVERSAMPLING`; training passes the plan's value).
             When it rounds to no sample at all (e.g. B = 1), each sample is instead forced with
             this probability.
         seed: Base seed; the stream is ``(seed, rank, stream)`` (see :meth:`set_stream`).
@@ -132,12 +137,14 @@ class PatchSampler:
             ``{1: 1, 2: 2, 3: 2}`` oversamples new and vanishing lesions of a change dataset.
 
     Example:
-        >>> sampler = PatchSampler(cases, (64, 64, 64), batch_size=2, sample_size=(90, 90, 90))
-        >>> batch = sampler.sample()   # {"data": (2, C, 90, 90, 90), "seg": (2, 1, 90, 90, 90), "keys": [...]}
+        >>> sampler = PatchSampler(cases, (64, 64, 64), batch_size=2, sample_size=(90, 90, 90))  # doctest: +SKIP
+        >>> batch = sampler.sample()  # doctest: +SKIP
+        >>> # batch: {"data": (2, C, 90, 90, 90), "seg": (2, 1, 90, 90, 90), "keys": [...]}
     """
 
     def __init__(self, cases: Sequence[Case], patch_size: Sequence[int], batch_size: int,
-                 sample_size: Sequence[int] | None = None, foreground_oversampling: float = 0.33,
+                 sample_size: Sequence[int] | None = None,
+                 foreground_oversampling: float = FOREGROUND_OVERSAMPLING,
                  seed: int = 0, rank: int = 0, world_size: int = 1, random_offset: bool = False,
                  class_weights: dict[int, float] | None = None) -> None:
         if not cases:

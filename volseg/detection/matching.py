@@ -35,6 +35,9 @@ BATCH_SIZE_PER_IMAGE = 256
 POSITIVE_FRACTION = 0.33
 MIN_NEGATIVES = 16
 POOL_SIZE = 20.0
+# ATSS candidates per box and level (nnDetection's 4). The planner writes these defaults into
+# the plan's ``detection.matcher`` and ``detection.sampler``; training reads them from there.
+NUM_CANDIDATES = 4
 
 
 class AnchorMatcher:
@@ -67,7 +70,7 @@ class AnchorMatcher:
         [-1, -1, 0, -1, -1, -1]
     """
 
-    def __init__(self, num_candidates: int = 4, anchors_per_location: int = 3, center_in_gt: bool = False,
+    def __init__(self, num_candidates: int = NUM_CANDIDATES, anchors_per_location: int = 3, center_in_gt: bool = False,
                  ignore_iou: float = 0.1, ignore_center: bool = True) -> None:
         if num_candidates < 1 or anchors_per_location < 1:
             raise ValueError(f"num_candidates and anchors_per_location: expected >= 1, got {num_candidates} "

@@ -93,7 +93,7 @@ def predict_images(model: LoadedModel, images: np.ndarray, geometry: Geometry, o
     result, network_seconds = run_sliding_window(
         model.networks, torch.from_numpy(data), cfg["patch_size"], aggregator,
         step_fraction=options.step_fraction or inf["step_fraction"],
-        mirror_axes=inf["mirror_axes"] if options.tta else (), tile_batch=inf.get("tile_batch", 2), device=device,
+        mirror_axes=inf["mirror_axes"] if options.tta else (), tile_batch=inf["tile_batch"], device=device,
         probe=probe)
     t2 = time.perf_counter()
     prediction = task.restore(result, props, geometry, options)

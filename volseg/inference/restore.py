@@ -112,14 +112,23 @@ def label_values(outputs: dict) -> np.ndarray:
     return np.asarray([max(v) for v in outputs["regions"].values()], dtype=np.uint8)
 
 
-def regions_to_labels(probs: torch.Tensor, regions: dict) -> torch.Tensor:
-    """Sigmoid mode: paint (R, Z, Y, X) region probabilities > 0.5 into a uint8 (Z, Y, X) label
-    map, from the largest union to the smallest (nested regions)."""
+def regions_to_labels(probs: torch.Tensor, regions: dict, class_order: list[int] | None = None) -> torch.Tensor:
+    """Sigmoid mode: paint (R, Z, Y, X) region probabilities > 0.5 into a uint8 (Z, Y, X) label map.
+
+    Regions are painted from the largest union to the smallest, so a nested region overwrites
+    the one around it; region ``r`` paints ``class_order[r]`` (the plan's
+    ``outputs.regions_class_order``; default :func:`volseg.io.dataset.region_paint_values`, for plans older than that key).
+    """
     groups = list(regions.values())
+    from volseg.io.dataset import region_paint_values
+
+    paint = list(class_order) if class_order is not None else region_paint_values(regions)
+    if len(paint) != len(groups):
+        raise ValueError(f"regions_class_order has {len(paint)} values for {len(groups)} regions")
     order = sorted(range(len(groups)), key=lambda r: -len(groups[r]))
     labels = torch.zeros(probs.shape[1:], dtype=torch.uint8, device=probs.device)
     for r in order:
-        labels[probs[r] > 0.5] = max(groups[r])
+        labels[probs[r] > 0.5] = int(paint[r])
     return labels
 
 

@@ -347,3 +347,21 @@ def read_ignore(path: str | os.PathLike) -> list[int]:
     if both:
         raise DatasetError(path, f'instance ids {both} are listed both under "instances" and under "ignore"')
     return ids
+
+
+def region_paint_values(regions: dict) -> list[int]:
+    """The label value each region paints, in the order of ``regions`` (nnU-Net's
+    ``regions_class_order``): the smallest value of the region that no smaller region holds.
+
+    Example:
+        >>> region_paint_values({"whole": [1, 2, 3], "core": [2, 3], "enhancing": [3]})
+        [1, 2, 3]
+        >>> region_paint_values({"whole": [1, 2], "core": [2]})
+        [1, 2]
+    """
+    groups = [set(int(v) for v in g) for g in regions.values()]
+    values = []
+    for g in groups:
+        inner = set().union(*[h for h in groups if h < g])
+        values.append(min(g - inner) if g - inner else max(g))
+    return values

@@ -21,6 +21,7 @@ from __future__ import annotations
 import numpy as np
 
 from volseg import __version__
+from volseg.io.dataset import region_paint_values
 from volseg.planning.memory import estimate_gflop, estimate_memory_gb
 from volseg.planning.normalization import determine_normalization
 from volseg.planning.patch import batch_size_for, fit_patch
@@ -34,13 +35,18 @@ CPU_MIN_OBJECT_VOXELS = 3.0
 
 TRAINING_CUDA = {"epochs": 1000, "iterations_per_epoch": 250, "val_iterations": 50, "num_workers": 6}
 TRAINING_CPU = {"epochs": 30, "iterations_per_epoch": 20, "val_iterations": 4, "num_workers": 1}
+# nnU-Net's optimizer and schedule; training reads every value from the plan, with no fallback
+SGD_OPTIMIZER = {"name": "sgd", "lr": 0.01, "momentum": 0.99, "nesterov": True, "weight_decay": 3e-5}
+LR_SCHEDULE = {"name": "poly", "exponent": 0.9}
+GRAD_CLIP = 12.0
 
 
 def determine_outputs(labels: dict) -> dict:
     """What the network predicts: softmax over label values, or one sigmoid per region."""
     regions = {k: v for k, v in labels.items() if isinstance(v, list)}
     if regions:
-        return {"mode": "sigmoid", "num_outputs": len(regions), "regions": regions}
+        return {"mode": "sigmoid", "num_outputs": len(regions), "regions": regions,
+                "regions_class_order": region_paint_values(regions)}
     values = sorted(v for v in labels.values())
     return {"mode": "softmax", "num_outputs": int(max(values)) + 1, "class_values": values}
 
@@ -168,6 +174,7 @@ def _cpu_max_spacing_factor(fingerprint: dict, spacing: list[float]) -> float:
 
 def _configuration(spacing, median_shape, patch, batch, network, device, budget, est, gflop, training) -> dict:
     from volseg.data.augmentation import default_augmentation
+    from volseg.data.sampling import FOREGROUND_OVERSAMPLING
     from volseg.training.losses import default_deep_supervision_weights
 
     mirror_axes = [0, 1, 2]
@@ -185,12 +192,12 @@ def _configuration(spacing, median_shape, patch, batch, network, device, budget,
         "training": {
             "epochs": training["epochs"], "iterations_per_epoch": training["iterations_per_epoch"],
             "val_iterations": training["val_iterations"],
-            "optimizer": {"name": "sgd", "lr": 0.01, "momentum": 0.99, "nesterov": True, "weight_decay": 3e-5},
-            "lr_schedule": {"name": "poly", "exponent": 0.9},
-            "grad_clip": 12.0,
+            "optimizer": dict(SGD_OPTIMIZER),
+            "lr_schedule": dict(LR_SCHEDULE),
+            "grad_clip": GRAD_CLIP,
             "loss": {"name": "dice_ce", "deep_supervision_weights":
                      default_deep_supervision_weights(len(network["strides"]) - 1)},
-            "foreground_oversampling": 0.33,
+            "foreground_oversampling": FOREGROUND_OVERSAMPLING,
             "num_workers": training["num_workers"],
         },
         "augmentation": default_augmentation([int(p) for p in patch], [float(s) for s in spacing], mirror_axes),

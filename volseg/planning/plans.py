@@ -32,9 +32,11 @@ def validate_plans(plans: dict, path: str | os.PathLike | None = None) -> dict:
     """Check ``plans`` against the schema and its internal consistency.
 
     Raises:
-        PlanError: One line naming ``path``, the field and what is wrong, e.g. a NaN or
-            Infinity anywhere in the plan (Python's ``json`` reads both, the schema lets
-            them through, and no plan field may hold one).
+        PlanError: One line naming ``path``, the field and what is wrong: a key the schema
+            does not list (the key ends the path, e.g. ``configurations/3d_fullres/augmentation/
+            rotaton``, and the message names the nearest known key), a missing required key,
+            a value out of range, an unregistered task or loss, or a NaN or Infinity anywhere
+            in the plan (Python's ``json`` reads both, and no plan field may hold one).
     """
     import jsonschema
 
@@ -44,12 +46,18 @@ def validate_plans(plans: dict, path: str | os.PathLike | None = None) -> dict:
         raise PlanError(path, f"invalid plan at {where or '(top level)'}: {value} is not a finite number")
 
     validator = jsonschema.Draft202012Validator(plans_schema())
-    errors = sorted(validator.iter_errors(plans), key=lambda e: list(e.absolute_path))
+    errors = sorted(validator.iter_errors(plans), key=_error_order)
     if errors:
-        e = errors[0]
-        where = "/".join(str(p) for p in e.absolute_path) or "(top level)"
-        raise PlanError(path, f"invalid plan at {where}: {e.message}")
+        where, message = describe_schema_error(errors[0])
+        raise PlanError(path, f"invalid plan at {where}: {message}")
     from volseg.tasks import list_tasks
+    from volseg.training.losses import list_losses
+
+    for name, cfg in plans["configurations"].items():
+        loss = cfg["training"]["loss"]["name"]
+        if loss not in list_losses():
+            raise PlanError(path, f"invalid plan at configurations/{name}/training/loss/name: unknown loss {loss!r}; "
+                            f"registered: {', '.join(list_losses())}")
 
     if plans.get("task", "segmentation") not in list_tasks():
         raise PlanError(path, f"task {plans['task']!r} is not a registered task; registered: {', '.join(list_tasks())}")
@@ -59,8 +67,18 @@ def validate_plans(plans: dict, path: str | os.PathLike | None = None) -> dict:
     n_channels = len(plans["dataset"]["channel_names"])
     if len(plans["normalization"]) != n_channels:
         raise PlanError(path, f"normalization has {len(plans['normalization'])} entries for {n_channels} channels")
+    outputs = plans["outputs"]
+    order = outputs.get("regions_class_order")
+    if order is not None and len(order) != len(outputs.get("regions") or {}):
+        raise PlanError(path, f"invalid plan at outputs/regions_class_order: {len(order)} values for "
+                        f"{len(outputs.get('regions') or {})} regions")
+    from volseg.networks import list_networks
+
     for name, cfg in plans["configurations"].items():
         net = cfg["network"]
+        if net["architecture"] not in list_networks():
+            raise PlanError(path, f"invalid plan at configurations/{name}/network/architecture: unknown architecture "
+                            f"{net['architecture']!r}; registered: {', '.join(list_networks())}")
         n = len(net["features_per_stage"])
         for key, want in (("kernel_sizes", n), ("strides", n), ("n_conv_per_stage", n), ("n_conv_per_stage_decoder", n - 1)):
             if len(net[key]) != want:
@@ -73,6 +91,37 @@ def validate_plans(plans: dict, path: str | os.PathLike | None = None) -> dict:
             raise PlanError(path, f"configurations/{name}/patch_size {cfg['patch_size']} is not a multiple of the "
                             f"network's total stride {step}")
     return plans
+
+
+def _error_order(error) -> tuple:
+    """Schema errors in file-path order; at one path an unknown key first (a misspelt key also
+    makes the key it was meant to be missing, and the unknown one is what needs fixing)."""
+    where = [(0, p, "") if isinstance(p, int) else (1, 0, str(p)) for p in error.absolute_path]
+    return where, error.validator != "additionalProperties"
+
+
+def describe_schema_error(error) -> tuple[str, str]:
+    """``(path, message)`` of one ``jsonschema`` error; an unknown key is named in the path.
+
+    Example:
+        >>> import jsonschema
+        >>> schema = {"type": "object", "properties": {"rotation": {}, "scaling": {}}, "additionalProperties": False}
+        >>> describe_schema_error(next(jsonschema.Draft202012Validator(schema).iter_errors({"rotaton": {}})))
+        ('rotaton', "unknown key 'rotaton' (did you mean 'rotation'?); expected one of rotation, scaling")
+    """
+    import difflib
+
+    path = [str(p) for p in error.absolute_path]
+    if error.validator == "additionalProperties" and isinstance(error.instance, dict) \
+            and isinstance(error.schema.get("properties"), dict):
+        known = error.schema["properties"]
+        unknown = [k for k in error.instance if k not in known]
+        if unknown:
+            key = unknown[0]
+            close = difflib.get_close_matches(key, list(known), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            return "/".join([*path, key]), f"unknown key {key!r}{hint}; expected one of {', '.join(sorted(known))}"
+    return "/".join(path) or "(top level)", error.message
 
 
 def first_non_finite(obj, where: str = "") -> tuple[str, float] | None:

@@ -37,7 +37,7 @@ def preprocess_image(images: np.ndarray, geometry: Geometry, plans: dict, config
     cropped = crop(images, box)
     data = normalize(cropped, plans["normalization"], crop(mask, box))
     target = resampled_shape(box_shape(box), geometry.spacing, config["spacing"])
-    data = resample_image(data, target, config["resampling"].get("image", "linear")).numpy()
+    data = resample_image(data, target, config["resampling"]["image"]).numpy()
     props = {"original_geometry": geometry.to_dict(), "crop_bbox": box, "shape_after_crop": box_shape(box),
              "shape_after_resampling": list(target), "spacing": list(config["spacing"])}
     return data, props

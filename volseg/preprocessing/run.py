@@ -75,7 +75,7 @@ def preprocess_case_to_disk(case: CaseFiles, dataset: Dataset, plans: dict, conf
     save_npy(out_dir / f"{case.case_id}.npy", data)
     if label is not None:
         sem = semantic_label(label, instances)
-        seg = preprocess_label(sem, props, values, config["resampling"].get("label", "linear_onehot"))
+        seg = preprocess_label(sem, props, values, config["resampling"]["label"])
         save_npy(out_dir / f"{case.case_id}_seg.npy", seg[None])
         props["class_locations"] = class_locations(seg, values, seed)
         if instances is not None:

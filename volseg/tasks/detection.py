@@ -32,12 +32,18 @@ CPU_OPTIMIZER = {"name": "adamw", "lr": 1e-3, "weight_decay": 1e-4}
 
 
 def detection_defaults(anchors: dict) -> dict:
-    """The ``detection`` section of a configuration around planned ``anchors``."""
+    """The ``detection`` section of a configuration around planned ``anchors``; the matcher and
+    sampler settings are those of :mod:`volseg.detection.matching` (its ``POSITIVE_FRACTION`` is
+    the share of positive anchors, unrelated to ``training.foreground_oversampling``)."""
+    from volseg.detection import matching
+
     return {
         "anchors": {"levels": [{"stride": lv["stride"], "shapes": lv["shapes"]} for lv in anchors["levels"]],
                     "mean_best_iou": anchors["mean_best_iou"], "num_boxes": anchors["num_boxes"]},
-        "matcher": {"num_candidates": 4},
-        "sampler": {"batch_size_per_image": 256, "positive_fraction": 0.33, "min_neg": 16, "pool_size": 20},
+        "matcher": {"num_candidates": matching.NUM_CANDIDATES},
+        "sampler": {"batch_size_per_image": matching.BATCH_SIZE_PER_IMAGE,
+                    "positive_fraction": matching.POSITIVE_FRACTION, "min_neg": matching.MIN_NEGATIVES,
+                    "pool_size": matching.POOL_SIZE},
         "loss": {"cls": "bce", "seg_weight": 1.0},
         "inference": {"score_floor": 0.01, "nms_iou": 0.5, "wbc_iou": 0.2, "max_detections": 100,
                       "score_threshold": 0.0, "min_size_mm": 0.0},

@@ -277,7 +277,7 @@ class LongitudinalTask(SegmentationTask):
 
     def loss(self, config: dict) -> LongitudinalLoss:
         named = super().loss(config)
-        return LongitudinalLoss(named.name, named.loss, config["longitudinal"].get("consistency_weight", 1.0))
+        return LongitudinalLoss(named.name, named.loss, config["longitudinal"]["consistency_weight"])
 
     def validation_options(self) -> dict:
         """Held-out predictions keep their probabilities (the lesion matching and ``volseg calibrate``

@@ -216,7 +216,7 @@ class SegmentationTask:
                                         member_terms=options.uncertainty)
         labels, probs, entropy = fin.labels, fin.probabilities, fin.entropy
         if self.mode == "sigmoid":
-            labels = regions_to_labels(probs.float(), self.regions)
+            labels = regions_to_labels(probs.float(), self.regions, self.outputs.get("regions_class_order"))
         maps = {name: map_to_input_grid(getattr(fin, name), props, geometry.shape)
                 for name in ("expected_entropy", "mutual_information") if getattr(fin, name, None) is not None}
         return (*dense_to_input_grid(labels, probs if keep_probabilities else None, entropy, props, geometry.shape,

@@ -21,13 +21,14 @@ def build_network(task: Task, config: dict, ctx: DistContext) -> torch.nn.Module
 
 
 def build_optimizer(config: dict, network: torch.nn.Module) -> torch.optim.Optimizer:
-    """SGD with Nesterov momentum (the default) or AdamW, from ``training.optimizer``."""
+    """SGD or AdamW as ``training.optimizer`` says; every setting comes from the plan (the planner's
+    values are :data:`volseg.planning.planner.SGD_OPTIMIZER`), none has a fallback here."""
     opt = config["training"]["optimizer"]
     if opt["name"] == "sgd":
-        return torch.optim.SGD(network.parameters(), lr=opt["lr"], momentum=opt.get("momentum", 0.99),
-                               nesterov=opt.get("nesterov", True), weight_decay=opt.get("weight_decay", 3e-5))
+        return torch.optim.SGD(network.parameters(), lr=opt["lr"], momentum=opt["momentum"],
+                               nesterov=opt["nesterov"], weight_decay=opt["weight_decay"])
     if opt["name"] == "adamw":
-        return torch.optim.AdamW(network.parameters(), lr=opt["lr"], weight_decay=opt.get("weight_decay", 1e-2))
+        return torch.optim.AdamW(network.parameters(), lr=opt["lr"], weight_decay=opt["weight_decay"])
     raise ValueError(f"unknown optimizer {opt['name']!r}; expected sgd or adamw")
 
 
@@ -42,7 +43,7 @@ def build_parts(plans: dict, config: dict, preprocessed: Path, train_ids: list[s
     optimizer = build_optimizer(config, network)
     data = task.loader_options(config)
     common = dict(patch_size=config["patch_size"], batch_size=config["batch_size"],
-                  foreground_oversampling=config["training"].get("foreground_oversampling", 0.33),
+                  foreground_oversampling=config["training"]["foreground_oversampling"],
                   rank=ctx.rank, world_size=ctx.world_size, pin_memory=ctx.device.type == "cuda",
                   random_offset=data["random_offset"], class_weights=data.get("class_weights"))
     train_loader = make_loader(load_cases(preprocessed, train_ids, data["labels"]),
