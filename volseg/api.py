@@ -2,8 +2,8 @@
 
 Example:
     >>> import volseg
-    >>> volseg.demo_data("ms", "data/ms_demo", num_cases=12)
-    >>> plans = volseg.plan("data/ms_demo", "runs/ms_demo", device="cpu")
+    >>> volseg.demo_data("ms", "data/ms_demo", num_cases=12)  # doctest: +SKIP
+    >>> plans = volseg.plan("data/ms_demo", "runs/ms_demo", device="cpu")  # doctest: +SKIP
 """
 
 from __future__ import annotations

@@ -108,13 +108,15 @@ def test_channels_share_the_spatial_transform(cases, spacing):
     assert not np.allclose(out, raw, atol=1e-3)  # and the transform did something
 
 
-def test_dummy_2d_quarter_turn_is_rot90(cases):
+@pytest.mark.parametrize("degrees, k", [(90.0, 1), (-90.0, -1)])
+def test_dummy_2d_quarter_turn_is_rot90(cases, degrees, k):
+    """A +90° turn about axis 0 is ``np.rot90(k=1)`` in the (y, x) plane, -90° is ``k=-1``."""
     params = _off(default_augmentation([8, 16, 16], [5.0, 1.0, 1.0]))
-    params["rotation"] = {"p": 1.0, "degrees": [[90.0, 90.0], [0.0, 0.0], [0.0, 0.0]]}
+    params["rotation"] = {"p": 1.0, "degrees": [[degrees, degrees], [0.0, 0.0], [0.0, 0.0]]}
     window = Window(cases[0].image(), cases[0].seg(), np.array([8, 5, 6]), np.array([8, 16, 16]))
     image, seg = WindowSpatialTransform([8, 16, 16], params).transform_window(window)
     raw_i, raw_s = window.read(window.lower, window.lower + [8, 16, 16])
-    k = 1 if np.allclose(image, np.rot90(raw_i, 1, axes=(2, 3)), atol=1e-3) else -1
+    assert not np.allclose(raw_i, np.rot90(raw_i, 2, axes=(2, 3)), atol=1e-3)  # the two turns differ
     np.testing.assert_allclose(image, np.rot90(raw_i, k, axes=(2, 3)), atol=1e-3)
     np.testing.assert_array_equal(seg, np.rot90(raw_s, k, axes=(2, 3)))
 

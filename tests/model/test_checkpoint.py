@@ -31,6 +31,29 @@ def test_damaged_checkpoint_is_reported(tmp_path):
         load_checkpoint(p)
 
 
+class _Hostile:
+    def __reduce__(self):
+        return (print, ("code ran",))
+
+
+def test_hostile_pickle_is_refused_with_a_whole_sentence(tmp_path, capsys):
+    p = tmp_path / "checkpoint_final.pt"
+    torch.save({"network": _Hostile()}, p)
+    with pytest.raises(ModelError) as e:
+        load_checkpoint(p)
+    assert "code ran" not in capsys.readouterr().out
+    msg = str(e.value)
+    assert "checkpoint_final.pt: cannot read checkpoint: it holds pickled Python objects" in msg
+    assert msg.endswith("(it names print)") and "\n" not in msg
+
+
+def test_long_read_errors_are_cut_at_a_word():
+    from volseg.model.checkpoint import read_failure
+
+    msg = read_failure(RuntimeError("word " * 100))
+    assert msg.endswith("word …)") and len(msg) < 220
+
+
 def _imported(modules: str) -> set[str]:
     code = f"import sys, {modules}; print(' '.join(m for m in sys.modules if m.startswith('volseg.')))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout

@@ -159,3 +159,27 @@ def test_killed_and_resumed_run_gives_the_uninterrupted_weights(tiny_plan, tmp_p
     log = [json.loads(x) for x in (resumed / "log.jsonl").read_text().splitlines()]
     assert [r["train_loss"] for r in log] == [json.loads(x)["train_loss"]
                                                 for x in (whole / "log.jsonl").read_text().splitlines()]
+
+
+def test_single_case_dataset_trains_with_fold_all_only(tmp_path, capsys):
+    """Regression: a one-case dataset was planned, then train failed with a ValueError traceback."""
+    from synthetic import make_dataset
+
+    data = make_dataset(tmp_path / "Dataset009_One", n_cases=1, shape=(16, 32, 32), spacing=(1.0, 1.0, 1.0),
+                        direction=(1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0), n_labels=2)
+    plan = tmp_path / "plan"
+    assert main(["plan", str(data), "-o", str(plan), "--device", "cpu", "--cpu-gflop", "2", "-j", "1"]) == 0
+    assert "--fold all" in capsys.readouterr().err
+    assert main(["train", str(plan), "--fold", "0", "--epochs", "1", "--iters", "1", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "cross-validation needs at least 2" in err and "Traceback" not in err
+    assert not (plan / "models").exists()  # nothing written for a fold that cannot exist
+    assert main(["train", str(plan), "--fold", "all", "--epochs", "1", "--iters", "1", "--no-progress"]) == 0
+    assert (plan / "models" / "3d_cpu" / "fold_all" / "checkpoint_final.pt").is_file()
+
+
+def test_missing_fold_leaves_no_model_folder(tiny_plan, tmp_path):
+    """Regression: --fold 99 failed after model.json and friends were written."""
+    with pytest.raises(ModelError, match="fold 99 does not exist"):
+        train(tiny_plan, tmp_path / "m", fold=99, progress=False, validate=False)
+    assert not (tmp_path / "m").exists()

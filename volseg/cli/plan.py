@@ -51,4 +51,19 @@ def run(args: argparse.Namespace) -> int:
     if args.show:
         print(plan_table(plans))
     print(f"plans written to {Path(args.out) / 'plans.json'}")
+    _note_too_few_cases(Path(args.out) / "fingerprint.json")
     return 0
+
+
+def _note_too_few_cases(fingerprint: Path) -> None:
+    """A one-line note on stderr when the dataset is too small for cross-validation."""
+    import json
+    import sys
+
+    try:
+        n = json.loads(fingerprint.read_text(encoding="utf-8"))["dataset"]["num_cases"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return
+    if isinstance(n, int) and n < 2:
+        print(f"volseg plan: note: {n} training case; cross-validation needs at least 2, so train it with "
+              f"`volseg train {fingerprint.parent} --fold all`", file=sys.stderr)

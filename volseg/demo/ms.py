@@ -159,7 +159,7 @@ def generate_ms_dataset(out_dir: str | os.PathLike, num_cases: int = 12, seed: i
         ``out_dir``.
 
     Example:
-        >>> generate_ms_dataset("data/ms_demo", num_cases=12)
+        >>> generate_ms_dataset("data/ms_demo", num_cases=12)  # doctest: +SKIP
     """
     from tqdm import tqdm
 

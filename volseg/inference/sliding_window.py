@@ -154,9 +154,10 @@ def predict_sliding_window(networks: torch.nn.Module | Sequence[torch.nn.Module]
         A :class:`SlidingWindowResult` on the CPU.
 
     Example:
-        >>> res = predict_sliding_window(net, torch.zeros(1, 96, 96, 96), (64, 64, 64), 3, mirror_axes=(0, 1, 2))
+        >>> net = torch.nn.Conv3d(1, 3, kernel_size=1)
+        >>> res = predict_sliding_window(net, torch.zeros(1, 40, 40, 40), (32, 32, 32), 3, mirror_axes=(0, 2))
         >>> res.labels.shape
-        torch.Size([96, 96, 96])
+        torch.Size([40, 40, 40])
     """
     t_start = time.perf_counter()
     device = torch.device(device) if device is not None else image.device

@@ -5,7 +5,11 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
+import shutil
+import socket
 import tempfile
+import time
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
@@ -24,7 +28,7 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
     path.parent.mkdir(parents=True, exist_ok=True)
     if suffix is None:
         suffix = "".join(path.suffixes[-2:]) if path.name.endswith(".nii.gz") else path.suffix
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{suffix}", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{_owner()}.", suffix=f".tmp{suffix}", dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
     try:
@@ -33,6 +37,76 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             tmp_path.unlink()
+        raise
+
+
+STALE_AFTER_S = 24 * 3600.0  # a temporary file of another machine is stale after a day
+_TEMP = re.compile(r"^\.(?P<name>.+)\.(?P<host>[A-Za-z0-9_-]+)-(?P<pid>\d+)\.[A-Za-z0-9_]+\.tmp")
+
+
+def _host() -> str:
+    return re.sub(r"[^A-Za-z0-9_-]", "_", socket.gethostname())[:40] or "host"
+
+
+def _owner() -> str:
+    """``HOST-PID`` of this process, as temporary names carry it."""
+    return f"{_host()}-{os.getpid()}"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
+def remove_stale_temps(folder: str | os.PathLike, recursive: bool = False) -> list[Path]:
+    """Delete the temporary files that killed writes of :func:`atomic_path` left in ``folder``.
+
+    A temporary file is ``.NAME.HOST-PID.XXXXXXXX.tmp[SUFFIX]``. It is stale when its writer is
+    gone: on this host, no process ``PID`` runs; from another host (a shared file system), it
+    has not been modified for :data:`STALE_AFTER_S` seconds. Temporary files of running
+    writers, and every other file, are left alone.
+
+    Returns:
+        The paths removed (none when ``folder`` does not exist).
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    host, now, removed = _host(), time.time(), []
+    for path in folder.rglob(".*.tmp*") if recursive else folder.glob(".*.tmp*"):
+        m = _TEMP.match(path.name)
+        if m is None or not path.is_file():
+            continue
+        try:
+            gone = (not _alive(int(m["pid"])) if m["host"] == host
+                    else now - path.stat().st_mtime > STALE_AFTER_S)
+            if gone and int(m["pid"]) != os.getpid():
+                path.unlink()
+                removed.append(path)
+        except OSError:  # removed meanwhile, or not ours to remove
+            continue
+    return removed
+
+
+@contextlib.contextmanager
+def removed_if_left_empty(folder: str | os.PathLike) -> Iterator[Path]:
+    """Remove ``folder`` when the body fails and the folder, new before it, holds no file.
+
+    So a command that fails before writing anything leaves no empty output folder behind;
+    a folder that existed before is never removed.
+    """
+    folder = Path(folder)
+    existed = folder.exists()
+    try:
+        yield folder
+    except BaseException:
+        if not existed and folder.is_dir() and not any(p.is_file() for p in folder.rglob("*")):
+            shutil.rmtree(folder, ignore_errors=True)
         raise
 
 
@@ -110,6 +184,8 @@ def check_output_dir(out_dir: str | os.PathLike, inputs: Sequence[str | os.PathL
 
     Nothing is created: a command that fails later leaves no empty folder behind. Writability
     is probed with a temporary file in ``out_dir``, or in its nearest existing parent.
+    Temporary files that killed writes left in ``out_dir`` are removed
+    (:func:`remove_stale_temps`).
 
     Args:
         out_dir: The folder a command writes into.
@@ -144,4 +220,5 @@ def check_output_dir(out_dir: str | os.PathLike, inputs: Sequence[str | os.PathL
         os.unlink(probe)
     except OSError as e:
         raise VolsegError(out, f"cannot write the output folder: {e.strerror or e}") from None
+    remove_stale_temps(out, recursive=True)
     return out

@@ -259,7 +259,7 @@ def import_luna16(annotations: str | os.PathLike, images: str | os.PathLike, out
             ``out`` overlapping the inputs or holding other files.
 
     Example:
-        >>> import_luna16("luna16/annotations.csv", "luna16", "Dataset016_Luna",
+        >>> import_luna16("luna16/annotations.csv", "luna16", "Dataset016_Luna",  # doctest: +SKIP
         ...               excluded="luna16/annotations_excluded.csv", num_workers=4)
     """
     out, images = Path(out), Path(images)

@@ -45,10 +45,32 @@ def load_checkpoint(path: str | os.PathLike, plan_hash: str | None = None, map_l
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # torch raises several types for damaged files
-        raise ModelError(path, f"cannot read checkpoint ({type(e).__name__}: {str(e).splitlines()[0][:120]})") from None
+        raise ModelError(path, f"cannot read checkpoint: {read_failure(e)}") from None
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise ModelError(path, "not a volseg checkpoint")
     if plan_hash is not None and state.get("plan_hash") != plan_hash:
         raise ModelError(path, f"checkpoint belongs to another plan or configuration (plan hash {state.get('plan_hash')}, "
                          f"expected {plan_hash}); train again or point to the matching model folder")
     return state
+
+
+def read_failure(error: Exception) -> str:
+    """One whole sentence on why ``torch.load(weights_only=True)`` failed.
+
+    Example:
+        >>> read_failure(RuntimeError("PytorchStreamReader failed reading zip archive: failed finding central directory"))
+        'damaged or not a torch file (RuntimeError: PytorchStreamReader failed reading zip archive: failed finding central directory)'
+    """
+    import re
+
+    text = str(error)
+    if "Weights only load failed" in text:
+        named = re.search(r"Unsupported global: GLOBAL (\S+)", text)
+        other = re.search(r"(Unsupported operand \S+)", text)
+        detail = f" (it names {named.group(1)})" if named else f" ({other.group(1)})" if other else ""
+        return f"it holds pickled Python objects, which volseg never unpickles{detail}"
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    first = lines[0] if lines else type(error).__name__
+    if len(first) > 160:  # cut at a word boundary, never mid-word
+        first = first[:160].rsplit(" ", 1)[0] + " …"
+    return f"damaged or not a torch file ({type(error).__name__}: {first})"

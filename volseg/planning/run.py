@@ -46,12 +46,21 @@ def plan_and_preprocess(dataset_dir: str | os.PathLike, out_dir: str | os.PathLi
         The plans.
 
     Example:
-        >>> plans = plan_and_preprocess("data/ms_demo", "runs/ms_demo", device="cpu")
+        >>> plans = plan_and_preprocess("data/ms_demo", "runs/ms_demo", device="cpu")  # doctest: +SKIP
     """
-    from volseg.io.atomic import check_output_dir
+    from volseg.io.atomic import check_output_dir, removed_if_left_empty
 
     out_dir = check_output_dir(out_dir, [dataset_dir])
     dataset = load_dataset(dataset_dir)
+    with removed_if_left_empty(out_dir):
+        return _plan_and_preprocess(dataset, out_dir, memory_gb=memory_gb, device=device, cpu_gflop=cpu_gflop,
+                                    configurations=configurations, preprocess=preprocess, num_workers=num_workers,
+                                    overwrite_plans=overwrite_plans, progress=progress)
+
+
+def _plan_and_preprocess(dataset, out_dir: Path, *, memory_gb: float, device: str, cpu_gflop: float,
+                         configurations: list[str] | None, preprocess: bool, num_workers: int,
+                         overwrite_plans: bool, progress: bool) -> dict:
     out_dir.mkdir(parents=True, exist_ok=True)
     plans_path, fp_path = out_dir / "plans.json", out_dir / "fingerprint.json"
     if plans_path.is_file() and not overwrite_plans:

@@ -16,10 +16,11 @@ import numpy as np
 import torch
 
 from volseg.errors import ModelError, PlanError
+from volseg.io.atomic import remove_stale_temps, write_json
 from volseg.planning.plans import configuration, load_plans, preprocessing_hash
 from volseg.model import fold_dir, load_checkpoint, model_hash, prepare_model_folder
 from volseg.training.distributed import init_distributed, shutdown
-from volseg.training.splits import fold_cases, load_or_create_splits
+from volseg.training.splits import fold_cases, load_or_create_splits, make_splits
 from volseg.training.trainer import Schedule, TrainState, resume, run_training
 
 log = logging.getLogger(__name__)
@@ -34,6 +35,26 @@ def seed_everything(seed: int, deterministic: bool) -> None:
         torch.backends.cudnn.benchmark = False
     else:
         torch.backends.cudnn.benchmark = True
+
+
+def fold_split(splits_path: Path, case_ids: list[str], fold: str) -> tuple[list[str], list[str], list[dict] | None]:
+    """Training and validation ids of ``fold``, and the splits to write when ``splits_path`` is new.
+
+    Without a ``splits.json``, the splits are made from ``case_ids`` (the same on every rank);
+    a single case has none, and trains only as ``fold="all"``.
+
+    Raises:
+        ModelError: The fold does not exist (nothing has been written yet).
+    """
+    if splits_path.is_file():
+        return (*fold_cases(load_or_create_splits(splits_path, case_ids), fold, splits_path), None)
+    if len(case_ids) < 2:
+        if fold != "all":
+            raise ModelError(splits_path.parent, f"{len(case_ids)} preprocessed case: cross-validation needs "
+                             f"at least 2; train on it with --fold all")
+        return list(case_ids), [], None
+    splits = make_splits(case_ids)
+    return (*fold_cases(splits, fold, splits_path), splits)
 
 
 def preprocessed_cases(plan_dir: Path, plans: dict, config_name: str) -> list[str]:
@@ -99,6 +120,11 @@ def train(plan_dir: str | os.PathLike, model_dir: str | os.PathLike | None = Non
     """
     from volseg.training.build import build_parts
 
+    for name, value in (("epochs", epochs), ("iterations", iterations)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    if time_limit_minutes is not None and not float(time_limit_minutes) > 0:
+        raise ValueError(f"time limit must be positive, got {time_limit_minutes} minutes")
     plan_dir = Path(plan_dir)
     plans = load_plans(plan_dir / "plans.json")
     config_name, config = configuration(plans, config_name, plan_dir / "plans.json")
@@ -107,31 +133,27 @@ def train(plan_dir: str | os.PathLike, model_dir: str | os.PathLike | None = Non
     seed_everything(seed, deterministic)
     case_ids = preprocessed_cases(plan_dir, plans, config_name)
     model_dir = Path(model_dir) if model_dir else plan_dir / "models" / config_name
-    if ctx.is_main:
-        prepare_model_folder(model_dir, plan_dir, plans, config_name)
-        load_or_create_splits(model_dir / "splits.json", case_ids)
-    ctx.barrier()
-    splits = load_or_create_splits(model_dir / "splits.json", case_ids)
     fold = str(fold)
-    train_ids, val_ids = fold_cases(splits, fold, model_dir / "splits.json")
+    train_ids, val_ids, new_splits = fold_split(model_dir / "splits.json", case_ids, fold)
+    if ctx.is_main:  # the fold is known to exist before anything is written
+        remove_stale_temps(model_dir, recursive=True)
+        prepare_model_folder(model_dir, plan_dir, plans, config_name)
+        if new_splits is not None:
+            write_json(model_dir / "splits.json", new_splits)
+    ctx.barrier()
     out = fold_dir(model_dir, fold)
     out.mkdir(parents=True, exist_ok=True)
     tcfg = config["training"]
-    for name, value in (("epochs", epochs), ("iterations", iterations)):
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-            raise ValueError(f"{name} must be a positive integer, got {value!r}")
     sched = Schedule(epochs=epochs if epochs is not None else tcfg["epochs"],
                      iterations_per_epoch=iterations if iterations is not None else tcfg["iterations_per_epoch"],
-                     val_iterations=tcfg.get("val_iterations", 0) if val_ids else 0,
-                     base_lr=tcfg["optimizer"]["lr"], lr_schedule=tcfg["lr_schedule"], grad_clip=tcfg.get("grad_clip"),
+                     val_iterations=tcfg["val_iterations"] if val_ids else 0,
+                     base_lr=tcfg["optimizer"]["lr"], lr_schedule=tcfg["lr_schedule"], grad_clip=tcfg["grad_clip"],
                      amp=ctx.device.type == "cuda",
                      time_limit=None if time_limit_minutes is None else 60.0 * float(time_limit_minutes))
-    if sched.time_limit is not None and sched.time_limit <= 0:
-        raise ValueError(f"time limit must be positive, got {time_limit_minutes} minutes")
     state = TrainState()
     plan_hash = model_hash(plans, config_name)
     latest = out / "checkpoint_latest.pt"
-    workers = tcfg.get("num_workers", 2) if num_workers is None else num_workers
+    workers = tcfg["num_workers"] if num_workers is None else num_workers
     if not resume_training and latest.is_file():
         raise ModelError(latest, "fold already has a checkpoint; pass --resume to continue it, or use another -o")
     if resume_training and latest.is_file():
