@@ -74,12 +74,14 @@ def preprocess_case_to_disk(case: CaseFiles, dataset: Dataset, plans: dict, conf
     values = list(dataset.label_values) if instances is None else [0, *sorted({c + 1 for c in instances.values()})]
     save_npy(out_dir / f"{case.case_id}.npy", data)
     if label is not None:
-        sem = semantic_label(label, instances)
-        seg = preprocess_label(sem, props, values, config["resampling"]["label"])
+        if instances is None:
+            seg = preprocess_label(label, props, values, config["resampling"]["label"])
+        else:  # one resampling of the instance map; the class map follows it voxel for voxel
+            inst = preprocess_label(label, props, [], "nearest")
+            seg = semantic_label(inst, instances).astype(inst.dtype)
         save_npy(out_dir / f"{case.case_id}_seg.npy", seg[None])
         props["class_locations"] = class_locations(seg, values, seed)
         if instances is not None:
-            inst = preprocess_label(label, props, [], "nearest")
             save_npy(out_dir / f"{case.case_id}_inst.npy", inst[None])
             present = set(np.unique(inst).tolist())
             props["instances"] = {str(k): v for k, v in instances.items() if k in present}
