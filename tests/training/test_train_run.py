@@ -183,3 +183,24 @@ def test_missing_fold_leaves_no_model_folder(tiny_plan, tmp_path):
     with pytest.raises(ModelError, match="fold 99 does not exist"):
         train(tiny_plan, tmp_path / "m", fold=99, progress=False, validate=False)
     assert not (tmp_path / "m").exists()
+
+
+def test_checkpoint_rule_and_score_smoothing_come_from_the_plan(tiny_plan, tmp_path):
+    """The plan's score_ema_momentum and best_checkpoint decide what checkpoint_best.pt holds."""
+    from volseg.planning.plans import load_plans, save_plans
+
+    plans = load_plans(tiny_plan / "plans.json")
+    tcfg = plans["configurations"]["3d_cpu"]["training"]
+    assert (tcfg["amp"], tcfg["deterministic"], tcfg["score_ema_momentum"], tcfg["best_checkpoint"]) == (
+        False, True, 0.9, "score_ema")
+    plan = tmp_path / "plan"
+    plan.mkdir()
+    for item in tiny_plan.iterdir():
+        (plan / item.name).symlink_to(item)
+    (plan / "plans.json").unlink()
+    tcfg.update(score_ema_momentum=0.0, best_checkpoint="score")
+    save_plans(plans, plan / "plans.json")
+    fold_dir = train(plan, tmp_path / "m", fold=0, epochs=3, iterations=2, progress=False, validate=False)
+    log = [json.loads(x) for x in (fold_dir / "log.jsonl").read_text().splitlines()]
+    assert all(r["score_ema"] == r["score"] for r in log)  # momentum 0: no smoothing
+    assert load_checkpoint(fold_dir / "checkpoint_best.pt")["best_score"] == max(r["score"] for r in log)

@@ -39,6 +39,7 @@ TRAINING_CPU = {"epochs": 30, "iterations_per_epoch": 20, "val_iterations": 4, "
 SGD_OPTIMIZER = {"name": "sgd", "lr": 0.01, "momentum": 0.99, "nesterov": True, "weight_decay": 3e-5}
 LR_SCHEDULE = {"name": "poly", "exponent": 0.9}
 GRAD_CLIP = 12.0
+SCORE_EMA_MOMENTUM = 0.9  # smoothing of the validation score that picks checkpoint_best.pt
 
 
 def determine_outputs(labels: dict) -> dict:
@@ -199,6 +200,10 @@ def _configuration(spacing, median_shape, patch, batch, network, device, budget,
                      default_deep_supervision_weights(len(network["strides"]) - 1)},
             "foreground_oversampling": FOREGROUND_OVERSAMPLING,
             "num_workers": training["num_workers"],
+            "amp": device == "cuda",
+            "deterministic": device == "cpu",
+            "score_ema_momentum": SCORE_EMA_MOMENTUM,
+            "best_checkpoint": "score_ema",
         },
         "augmentation": default_augmentation([int(p) for p in patch], [float(s) for s in spacing], mirror_axes),
         "inference": {"step_fraction": 0.5, "gaussian_sigma_scale": 0.125, "mirror_axes": mirror_axes,

@@ -21,7 +21,7 @@ from volseg.planning.plans import configuration, load_plans, preprocessing_hash
 from volseg.model import fold_dir, load_checkpoint, model_hash, prepare_model_folder
 from volseg.training.distributed import init_distributed, shutdown
 from volseg.training.splits import fold_cases, load_or_create_splits, make_splits
-from volseg.training.trainer import Schedule, TrainState, resume, run_training
+from volseg.training.trainer import EMA_MOMENTUM, Schedule, TrainState, resume, run_training
 
 log = logging.getLogger(__name__)
 
@@ -107,7 +107,7 @@ def train(plan_dir: str | os.PathLike, model_dir: str | os.PathLike | None = Non
         device: "cuda", "cpu" or "auto".
         num_workers: Background augmentation processes (default: the plan's).
         seed: Seed of weights, sampling and augmentation.
-        deterministic: Deterministic algorithms (default: on the CPU).
+        deterministic: Deterministic algorithms (default: the plan's ``training.deterministic``).
         time_limit_minutes: Budget of the training loop: after the first epoch, the number
             of epochs is lowered to what fits (never raised above ``epochs``). The final
             validation is not counted.
@@ -129,7 +129,9 @@ def train(plan_dir: str | os.PathLike, model_dir: str | os.PathLike | None = Non
     plans = load_plans(plan_dir / "plans.json")
     config_name, config = configuration(plans, config_name, plan_dir / "plans.json")
     ctx = init_distributed(device)
-    deterministic = ctx.device.type == "cpu" if deterministic is None else deterministic
+    tcfg = config["training"]
+    if deterministic is None:  # the plan's; plans written before the key: on the CPU
+        deterministic = tcfg.get("deterministic", ctx.device.type == "cpu")
     seed_everything(seed, deterministic)
     case_ids = preprocessed_cases(plan_dir, plans, config_name)
     model_dir = Path(model_dir) if model_dir else plan_dir / "models" / config_name
@@ -143,12 +145,13 @@ def train(plan_dir: str | os.PathLike, model_dir: str | os.PathLike | None = Non
     ctx.barrier()
     out = fold_dir(model_dir, fold)
     out.mkdir(parents=True, exist_ok=True)
-    tcfg = config["training"]
     sched = Schedule(epochs=epochs if epochs is not None else tcfg["epochs"],
                      iterations_per_epoch=iterations if iterations is not None else tcfg["iterations_per_epoch"],
                      val_iterations=tcfg["val_iterations"] if val_ids else 0,
                      base_lr=tcfg["optimizer"]["lr"], lr_schedule=tcfg["lr_schedule"], grad_clip=tcfg["grad_clip"],
-                     amp=ctx.device.type == "cuda",
+                     amp=ctx.device.type == "cuda" and tcfg.get("amp", True),
+                     score_ema_momentum=tcfg.get("score_ema_momentum", EMA_MOMENTUM),
+                     best_checkpoint=tcfg.get("best_checkpoint", "score_ema"),
                      time_limit=None if time_limit_minutes is None else 60.0 * float(time_limit_minutes))
     state = TrainState()
     plan_hash = model_hash(plans, config_name)

@@ -27,7 +27,7 @@ from volseg.training.progress import EpochLog, plot_progress
 from volseg.training.schedule import learning_rate
 
 log = logging.getLogger(__name__)
-EMA_MOMENTUM = 0.9
+EMA_MOMENTUM = 0.9  # for plans written before training.score_ema_momentum
 MAX_NONFINITE_STEPS = 3  # consecutive non-finite losses (steps skipped) before training stops
 
 
@@ -55,6 +55,8 @@ class Schedule:
     grad_clip: float | None
     amp: bool = False
     time_limit: float | None = None   # seconds for the whole loop; fixes `epochs` after the first epoch
+    score_ema_momentum: float = EMA_MOMENTUM  # the plan's training.score_ema_momentum
+    best_checkpoint: str = "score_ema"         # the plan's training.best_checkpoint: "score_ema" or "score"
 
 
 def epochs_within(time_limit: float, epoch_seconds: float, max_epochs: int) -> int:
@@ -299,9 +301,9 @@ def run_training(parts: TrainParts, sched: Schedule, ctx: DistContext, out_dir: 
             train_loss, waited, terms = train_epoch(parts, sched, state, ctx, scaler, bar)
             train_seconds = time.perf_counter() - t0
             val_loss, score, extra = validate(parts, sched, ctx)
+            m = sched.score_ema_momentum
             if not math.isnan(score):
-                state.score_ema = score if state.score_ema is None else (
-                    EMA_MOMENTUM * state.score_ema + (1 - EMA_MOMENTUM) * score)
+                state.score_ema = score if state.score_ema is None else m * state.score_ema + (1 - m) * score
             seconds = time.perf_counter() - t0
             record = {"epoch": state.epoch, "train_loss": train_loss, "loss_terms": terms, "val_loss": val_loss,
                       "score": score, "score_ema": state.score_ema, **extra,
@@ -310,9 +312,10 @@ def run_training(parts: TrainParts, sched: Schedule, ctx: DistContext, out_dir: 
             state.epoch += 1
             if sched.time_limit is not None and state.epoch == 1:
                 fit_epochs(sched, seconds, ctx, bar)
-            improved = state.score_ema is not None and state.score_ema > state.best_score
+            chosen = state.score_ema if sched.best_checkpoint == "score_ema" else (None if math.isnan(score) else score)
+            improved = chosen is not None and chosen > state.best_score
             if improved:
-                state.best_score = state.score_ema
+                state.best_score = chosen
             if ctx.is_main:
                 ck = checkpoint_state(parts, state, plan_hash, config_name, fold, sched.epochs)
                 save_checkpoint(out_dir / "checkpoint_latest.pt", ck)
