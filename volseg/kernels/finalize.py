@@ -137,6 +137,7 @@ def _kernel():
         pid = tl.program_id(0)
         offs = (pid * BLOCK_SIZE + tl.arange(0, BLOCK_SIZE)).to(tl.int64)
         mask = offs < N
+        n64 = N.to(tl.int64)  # channel offsets k * N pass 2**31 for accumulators of 8 GiB and more
         z = offs // (Y * X)
         y = (offs // X) % Y
         x = offs % X
@@ -144,30 +145,30 @@ def _kernel():
             * tl.load(nx_ptr + x, mask=mask, other=1.0)
         inv = 1.0 / norm
         if MEMBER_TERMS:  # channels K, K + 1 after the K classes
-            eh = tl.load(acc_ptr + K * N + offs, mask=mask, other=0.0) * inv
-            mi = tl.load(acc_ptr + (K + 1) * N + offs, mask=mask, other=0.0) * inv
+            eh = tl.load(acc_ptr + K * n64 + offs, mask=mask, other=0.0) * inv
+            mi = tl.load(acc_ptr + (K + 1) * n64 + offs, mask=mask, other=0.0) * inv
             tl.store(eh_ptr + offs, eh.to(tl.float16), mask=mask)
             tl.store(mi_ptr + offs, mi.to(tl.float16), mask=mask)
         if SOFTMAX:
             m = tl.full((BLOCK_SIZE,), float("-inf"), tl.float32)
             arg = tl.zeros((BLOCK_SIZE,), tl.int32)
             for k in tl.static_range(K):
-                v = tl.load(acc_ptr + k * N + offs, mask=mask, other=0.0) * inv
+                v = tl.load(acc_ptr + k * n64 + offs, mask=mask, other=0.0) * inv
                 better = v > m
                 arg = tl.where(better, k, arg)
                 m = tl.where(better, v, m)
             s = tl.zeros((BLOCK_SIZE,), tl.float32)
             t = tl.zeros((BLOCK_SIZE,), tl.float32)
             for k in tl.static_range(K):
-                d = tl.load(acc_ptr + k * N + offs, mask=mask, other=0.0) * inv - m
+                d = tl.load(acc_ptr + k * n64 + offs, mask=mask, other=0.0) * inv - m
                 e = tl.exp(d)
                 s += e
                 t += e * d
             tl.store(labels_ptr + offs, arg.to(tl.uint8), mask=mask)
             if WRITE_PROBS:
                 for k in tl.static_range(K):
-                    d = tl.load(acc_ptr + k * N + offs, mask=mask, other=0.0) * inv - m
-                    tl.store(probs_ptr + k * N + offs, (tl.exp(d) / s).to(tl.float16), mask=mask)
+                    d = tl.load(acc_ptr + k * n64 + offs, mask=mask, other=0.0) * inv - m
+                    tl.store(probs_ptr + k * n64 + offs, (tl.exp(d) / s).to(tl.float16), mask=mask)
             if WRITE_UNC:
                 tl.store(maxp_ptr + offs, (1.0 / s).to(tl.float16), mask=mask)
                 tl.store(ent_ptr + offs, (tl.log(s) - t / s).to(tl.float16), mask=mask)
@@ -175,10 +176,10 @@ def _kernel():
             worst = tl.full((BLOCK_SIZE,), 1.0, tl.float32)
             h = tl.zeros((BLOCK_SIZE,), tl.float32)
             for k in tl.static_range(K):
-                v = tl.load(acc_ptr + k * N + offs, mask=mask, other=0.0) * inv
+                v = tl.load(acc_ptr + k * n64 + offs, mask=mask, other=0.0) * inv
                 p = 1.0 / (1.0 + tl.exp(-v))
                 if WRITE_PROBS:
-                    tl.store(probs_ptr + k * N + offs, p.to(tl.float16), mask=mask)
+                    tl.store(probs_ptr + k * n64 + offs, p.to(tl.float16), mask=mask)
                 q = tl.minimum(tl.maximum(p, 1e-7), 1.0 - 1e-7)
                 worst = tl.minimum(worst, tl.maximum(p, 1.0 - p))
                 h += -(q * tl.log(q) + (1.0 - q) * tl.log(1.0 - q))
