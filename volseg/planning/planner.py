@@ -137,9 +137,7 @@ def _lowres_configuration(fingerprint, spacing, fits, memory_gb, n_in, n_out, n_
         patch, _ = fit_patch(low, shape, fits)
         if np.prod(patch) / np.prod(shape) >= LOWRES_MIN_COVERAGE:
             break
-    config = _gpu_configuration(low, shape, fits, memory_gb, n_in, n_out, n_cases)
-    config["next_stage"] = "3d_fullres"
-    return config
+    return _gpu_configuration(low, shape, fits, memory_gb, n_in, n_out, n_cases)
 
 
 def _cpu_configuration(fingerprint, spacing, gflop, memory_gb, n_in, n_out) -> dict:
