@@ -115,3 +115,16 @@ def test_first_non_finite_number_is_named_and_not_saved(planned, tmp_path):
     with pytest.raises(PlanError, match=r"invalid plan at normalization/0/std: inf"):
         save_plans(edited, tmp_path / "plans.json")
     assert not (tmp_path / "plans.json").exists()
+
+
+def test_a_memory_budget_too_small_for_any_unet_is_one_line(tmp_path, capsys):
+    """Regression: a ValueError traceback (n_outputs: expected at least 1) from the loss set-up."""
+    from synthetic import make_dataset
+
+    from volseg.cli.main import main
+
+    data = make_dataset(tmp_path / "big", n_cases=2, shape=(96, 128, 128), spacing=(1.0, 1.0, 1.0))
+    assert main(["plan", str(data), "-o", str(tmp_path / "plan"), "--device", "cuda", "--memory-gb", "1",
+                 "-j", "1", "--no-preprocess"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("volseg plan: error:") and "--memory-gb 1 is too small for a U-Net" in err

@@ -176,6 +176,12 @@ def _configuration(spacing, median_shape, patch, batch, network, device, budget,
     from volseg.data.sampling import FOREGROUND_OVERSAMPLING
     from volseg.training.losses import default_deep_supervision_weights
 
+    if len(network["strides"]) < 2:  # the budget left a patch too small to down-sample even once
+        from volseg.errors import PlanError
+
+        raise PlanError(None, f"{'--memory-gb' if device == 'cuda' else 'the CPU budget'} {budget:g} is too small "
+                        f"for a U-Net on this data: the largest patch that fits, {[int(p) for p in patch]}, "
+                        f"leaves a single resolution stage; give it more")
     mirror_axes = [0, 1, 2]
     return {
         "spacing": [round(float(s), 6) for s in spacing],
