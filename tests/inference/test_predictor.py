@@ -47,6 +47,9 @@ def test_outputs_keep_input_geometry_and_bad_case_is_skipped(tiny_model, inputs,
         assert mg.matches(g) is None and (mi >= 0).all() and (eh >= 0).all()
         # two folds × mirrors disagree somewhere: the epistemic part is not zero inside the image
         assert mi.max() > 0 and (eh + mi <= np.log(3) + 2e-2).all()
+        conf, cg = read_image(out / "maps" / f"{name}_max_prob.nii.gz")  # the largest class probability
+        inside = probs.astype(np.float32).max(0)
+        assert cg.matches(g) is None and np.abs(conf - inside).max() < 5e-3
     summary = json.loads((out / "summary.json").read_text())
     assert summary["counts"] == {"done": 3, "skipped": 0, "failed": 1, "refused": 0}
     assert summary["folds"] == ["0", "1"]

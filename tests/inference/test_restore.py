@@ -79,3 +79,16 @@ def test_map_to_input_grid_uncrops_as_fp16(kind):
     assert (out > 0).sum() == m.numel()
     with pytest.raises(ValueError, match=r"expected a map of spatial shape \(3, 4, 5\)"):
         restore.map_to_input_grid(torch.zeros(3, 4, 4), props, (6, 6, 8))
+
+
+def test_maps_outside_the_crop_take_the_given_value():
+    import numpy as np
+
+    from volseg.inference.restore import map_to_input_grid
+
+    props = {"crop_bbox": [[1, 3], [0, 2], [2, 4]]}
+    inside = np.full((2, 2, 2), 0.25, np.float32)
+    entropy = map_to_input_grid(inside, props, (4, 2, 5))
+    confidence = map_to_input_grid(inside, props, (4, 2, 5), outside=1.0)
+    assert entropy.dtype == np.float16 and entropy.sum() == 0.25 * 8 and confidence[0].min() == 1.0
+    assert (confidence[1:3, :, 2:4] == 0.25).all() and confidence.sum() == 0.25 * 8 + (40 - 8)

@@ -262,5 +262,5 @@ def _case_record(pred: CasePrediction, images: np.ndarray, geometry: Geometry, c
 def _drop_uncertainty(prediction: CasePrediction) -> None:
     """Forget the uncertainty maps computed only for the shift check (not to be written)."""
     prediction.entropy = None
-    for name in ("expected_entropy", "mutual_information"):
+    for name in ("max_prob", "expected_entropy", "mutual_information"):
         prediction.maps.pop(name, None)

@@ -133,7 +133,7 @@ def regions_to_labels(probs: torch.Tensor, regions: dict, class_order: list[int]
 
 
 def map_to_input_grid(array: torch.Tensor | np.ndarray, props: dict,
-                      full_shape: tuple[int, int, int] | list[int]) -> np.ndarray:
+                      full_shape: tuple[int, int, int] | list[int], outside: float = 0.0) -> np.ndarray:
     """Un-crop a map of the cropped region onto the input grid, as fp16, 0 outside the crop.
 
     For the uncertainty maps (``expected_entropy``, ``mutual_information``, nats) after
@@ -144,6 +144,8 @@ def map_to_input_grid(array: torch.Tensor | np.ndarray, props: dict,
         props: Preprocessing properties; ``props["crop_bbox"]`` is the region's
             [[z0, z1], [y0, y1], [x0, x1]] on the input grid.
         full_shape: Spatial shape (z, y, x) of the input grid.
+        outside: The value outside the crop: 0 for the uncertainty maps, 1 for ``max_prob``
+            (certain background there).
 
     Returns:
         fp16 NumPy array (..., *full_shape).
@@ -156,7 +158,7 @@ def map_to_input_grid(array: torch.Tensor | np.ndarray, props: dict,
     want = tuple(int(b) - int(a0) for a0, b in box)
     if m.ndim < 3 or tuple(m.shape[-3:]) != want:
         raise ValueError(f"expected a map of spatial shape {want} (the crop box {box}), found shape {m.shape}")
-    return uncrop(m.astype(np.float16), box, tuple(int(s) for s in full_shape), 0)
+    return uncrop(m.astype(np.float16), box, tuple(int(s) for s in full_shape), outside)
 
 
 def dense_to_input_grid(labels: torch.Tensor, probs: torch.Tensor | None, entropy: torch.Tensor | None,

@@ -52,7 +52,7 @@ def write_reference(label_file: Path, dst: Path, instance_file: Path | None = No
     write_image(dst, semantic_label(label, read_instances(instance_file)).astype(np.uint8), geometry)
 
 
-EXPORTED_MAPS = ("possible", "expected_entropy", "mutual_information")
+EXPORTED_MAPS = ("possible", "max_prob", "expected_entropy", "mutual_information")
 
 
 def exported_maps(prediction: CasePrediction) -> dict[str, np.ndarray]:
@@ -202,8 +202,9 @@ class SegmentationTask:
 
     def dense_on_input_grid(self, result, props: dict, geometry, options, keep_probabilities: bool):
         """``(labels uint8, probabilities fp16 (K, ...) or None, entropy fp16 or None, maps)`` on the
-        input grid; ``maps`` holds the fp16 ``expected_entropy`` and ``mutual_information`` (nats,
-        across folds and mirrors) when uncertainty is asked for."""
+        input grid; ``maps`` holds the fp16 ``max_prob`` (softmax: the largest class probability;
+        sigmoid: the least certain region's max(p, 1 − p)), ``expected_entropy`` and
+        ``mutual_information`` (nats, across folds and mirrors) when uncertainty is asked for."""
         from volseg.inference.restore import (dense_to_input_grid, map_to_input_grid, regions_to_labels,
                                               resample_and_finalize)
 
@@ -217,8 +218,8 @@ class SegmentationTask:
         labels, probs, entropy = fin.labels, fin.probabilities, fin.entropy
         if self.mode == "sigmoid":
             labels = regions_to_labels(probs.float(), self.regions, self.outputs.get("regions_class_order"))
-        maps = {name: map_to_input_grid(getattr(fin, name), props, geometry.shape)
-                for name in ("expected_entropy", "mutual_information") if getattr(fin, name, None) is not None}
+        maps = {name: map_to_input_grid(getattr(fin, name), props, geometry.shape, 1.0 if name == "max_prob" else 0.0)
+                for name in ("max_prob", "expected_entropy", "mutual_information") if getattr(fin, name, None) is not None}
         return (*dense_to_input_grid(labels, probs if keep_probabilities else None, entropy, props, geometry.shape,
                                      self.outputs), maps)
 
