@@ -62,6 +62,9 @@ ROOT = HERE.parents[2]
 sys.path.insert(0, str(HERE.parents[1] / "inference"))
 import bench_sliding_window as sw  # noqa: E402  (build_network, Timed, best_of)
 
+sys.path.insert(0, str(HERE.parents[1]))
+from detection_vs_peers import cpu_name  # noqa: E402
+
 GB = 1e9
 GIB = 2 ** 30
 CHILD_TIMEOUT_S = float(os.environ.get("CHECK_CHILD_TIMEOUT_S", "120"))  # one measuring process
@@ -93,17 +96,6 @@ def package_version(name: str) -> str | None:
         return importlib.metadata.version(name)
     except importlib.metadata.PackageNotFoundError:
         return None
-
-
-def cpu_model() -> str:
-    """The CPU's model name from /proc/cpuinfo (``platform.processor()`` elsewhere)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> None:
@@ -371,7 +363,7 @@ def env_info() -> dict:
         "torch_cuda": torch.version.cuda, "cuda_available": torch.cuda.is_available(),
         "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
         "triton": None, "monai": package_version("monai"), "numpy": package_version("numpy"),
-        "volseg": package_version("volseg"), "cpu": cpu_model(), "cpu_count": os.cpu_count(),
+        "volseg": package_version("volseg"), "cpu": cpu_name(), "cpu_count": os.cpu_count(),
         "triton_interpret": os.environ.get("TRITON_INTERPRET"), "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
     }
     try:
