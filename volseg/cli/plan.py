@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
@@ -32,7 +33,6 @@ def add_parser(sub) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pathlib import Path
 
     from volseg.planning.plans import load_plans
     from volseg.planning.summary import plan_table
