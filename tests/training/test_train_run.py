@@ -32,7 +32,12 @@ def test_tiny_run_lowers_loss_and_writes_model_folder(tiny_plan, tmp_path):
     summary = json.loads((fold_dir / "validation" / "evaluation" / "summary.json").read_text())
     assert summary["counts"]["evaluated"] == 1 and summary["counts"]["missing_references"] == 0
     assert len(list((fold_dir / "validation").glob("*.nii.gz"))) == 1
-    assert "rules" in json.loads((model / "postprocessing.json").read_text())
+    # the rules were chosen on that same prediction: their baseline is the evaluation's Dice per class
+    post = json.loads((model / "postprocessing.json").read_text())
+    assert post["num_cases"] == 1
+    dice = {str(v): summary["labels"][k]["mean"]["dice"] for k, v in summary["settings"]["labels"].items()}
+    assert post["scores_before"].keys() == dice.keys()
+    assert all(post["scores_before"][c] == pytest.approx(dice[c]) for c in dice)
 
 
 def test_same_seed_same_weights(tiny_plan, tmp_path):
