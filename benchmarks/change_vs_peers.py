@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import sys
 import tempfile
@@ -41,21 +40,12 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from plan_vs_nnunet import DEFAULT_PEER  # noqa: E402
+from common import DEFAULT_PEER, cpu_name, print_versions  # noqa: E402
 
 CONFIG = "3d_cpu"
 REGIONS = {"followup_lesions": (1, 2), "all_lesions": (1, 2, 3)}
 VARIANTS = ("longitudinal", "siamese", "concat", "4-class", "nnU-Net", "no-change-aug")
-
-
-def cpu_name() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+VERSIONS_KEY = "versions"  # change_results.json: the torch builds, beside the model rows
 
 
 def segmentation_copy(dataset: Path, dest: Path) -> Path:
@@ -177,8 +167,10 @@ def main() -> None:
         generate_ms_dataset(dataset, num_cases=args.cases, num_test=args.test, seed=0)
     print(f"machine: {cpu_name()}, {os.cpu_count()} cores; torch {torch.__version__}; ms demo {args.cases} training "
           f"+ {args.test} test cases, fold 0; budget {args.epochs} × {args.iters} iterations", flush=True)
+    versions = print_versions(args.nnunet_python if "nnU-Net" in variants else None)
     results_path = work / "change_results.json"
     results = json.loads(results_path.read_text()) if results_path.is_file() else {}
+    results[VERSIONS_KEY] = versions  # the torch builds of this run (not a model row); written with the first row
 
     def record(name: str, result: dict) -> None:
         results[name] = {"row": row(result), "summary": result["summary"]}
@@ -208,7 +200,7 @@ def main() -> None:
         else:
             print(f"nnU-Net v2 not found at {args.nnunet_python}: not run (bash scripts/setup_peers.sh installs it, "
                   "or pass --nnunet-python)")
-    print("\n" + table({k: v["row"] for k, v in results.items()}))
+    print("\n" + table({k: v["row"] for k, v in results.items() if k != VERSIONS_KEY}))
     print(f"\nresults: {results_path}")
 
 

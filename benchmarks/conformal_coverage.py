@@ -45,7 +45,7 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from change_vs_peers import cpu_name  # noqa: E402
+from common import cpu_name, print_versions  # noqa: E402
 
 CONFIG = "3d_cpu"
 
@@ -313,12 +313,13 @@ def main() -> int:
                     help="only the uncertainty-against-errors analysis of one prediction folder (with "
                          "--save-uncertainty maps), e.g. a model's fold_0/validation, its reference/ and imagesTr")
     args = ap.parse_args()
+    versions = print_versions(None)  # no peer runs here
     if args.uncertainty:
         pred, labels, images = (Path(p) for p in args.uncertainty)
         unc = uncertainty_vs_errors(pred, labels, images, args.seed)
         Path(args.work).mkdir(parents=True, exist_ok=True)
         figures = plot({}, {}, {}, unc, Path(args.work))
-        report = {"cpu": cpu_name(), "predictions": str(pred), "risks": {},
+        report = {"cpu": cpu_name(), "versions": versions, "predictions": str(pred), "risks": {},
                   "uncertainty": {k: v for k, v in unc.items() if not k.startswith("_")},
                   "figures": [str(p) for p in figures]}
         (Path(args.work) / "uncertainty.json").write_text(json.dumps(report, indent=2))
@@ -332,7 +333,7 @@ def main() -> int:
     if lung:
         out = run_lung(args, work)
         figures = plot(out["risks"], out["grids"], out["losses"], {}, work, "conformal_coverage_lung.png")
-        report = {"cpu": cpu_name(), "dataset": "lung", "test_cases": args.test,
+        report = {"cpu": cpu_name(), "versions": versions, "dataset": "lung", "test_cases": args.test,
                   "train_seconds": out["train_seconds"], "predict_seconds": out["predict_seconds"],
                   "risks": {k: {kk: vv for kk, vv in v.items() if not kk.startswith("_")}
                             for k, v in out["risks"].items()}, "figures": [str(p) for p in figures]}
@@ -354,8 +355,8 @@ def main() -> int:
         grids[risk], losses[risk] = grid, m
     unc = uncertainty_vs_errors(pred, data / "labelsTs", data / "imagesTs", args.seed)
     figures = plot({k: v for k, v in results.items() if k != "lesion_fdr"}, grids, losses, unc, work)
-    report = {"cpu": cpu_name(), "dataset": "ms", "test_cases": args.test, "train_seconds": round(t_train, 1),
-              "predict_seconds": round(t_pred, 1),
+    report = {"cpu": cpu_name(), "versions": versions, "dataset": "ms", "test_cases": args.test,
+              "train_seconds": round(t_train, 1), "predict_seconds": round(t_pred, 1),
               "risks": {k: {kk: vv for kk, vv in v.items() if not kk.startswith("_")} for k, v in results.items()},
               "uncertainty": {k: v for k, v in unc.items() if not k.startswith("_")},
               "reliability": unc["_reliability"], "figures": [str(p) for p in figures]}

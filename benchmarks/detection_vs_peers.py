@@ -49,23 +49,13 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
+from common import cpu_name, print_versions  # noqa: E402
 
 CONFIG = "3d_cpu"
 METHODS = {"retina": "volseg Retina U-Net", "seg": "volseg U-Net + CC", "monai": "MONAI RetinaNet"}
 RATES = ("0.125", "1", "8")
 EQUAL_KEYS = ("patch_size", "batch_size", "spacing")
 NETWORK_KEYS = ("features_per_stage", "kernel_sizes", "strides", "n_conv_per_stage")
-
-
-def cpu_name() -> str:
-    """The CPU model from /proc/cpuinfo (else what ``platform`` knows)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def versions() -> dict:
@@ -297,6 +287,7 @@ def main() -> None:
     env = versions()
     print(f"machine: {env['cpu']}, {env['cores']} cores, device {args.device}; torch {env['torch']}, "
           f"MONAI {env['monai'] or 'not installed'}", flush=True)
+    torch_versions = print_versions(None)  # MONAI runs in this environment: no peer torch
     t_start = time.perf_counter()
     data = make_data(args, out)
     # both plans before any training: volseg preprocesses in forked processes, which can hang once
@@ -325,9 +316,9 @@ def main() -> None:
               flush=True)
     print("\n" + table(results))
     wall = time.perf_counter() - t_start
-    report = {"machine": env, "settings": {**vars(args), "out": str(out), "epochs": epochs,
-                                           "iterations_per_epoch": per_epoch, "patch_size": cfg["patch_size"],
-                                           "batch_size": cfg["batch_size"], "spacing": cfg["spacing"]},
+    report = {"machine": env, "versions": torch_versions,
+              "settings": {**vars(args), "out": str(out), "epochs": epochs, "iterations_per_epoch": per_epoch,
+                           "patch_size": cfg["patch_size"], "batch_size": cfg["batch_size"], "spacing": cfg["spacing"]},
               "results": results, "wall_seconds": wall}
     (out / "results.json").write_text(json.dumps(report, indent=2, default=str))
     print(f"\nwall time {wall:.0f} s; results: {out / 'results.json'}")

@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -40,7 +39,8 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from plan_vs_nnunet import DEFAULT_PEER, make_dataset, nnunet_plan, run  # noqa: E402
+from common import DEFAULT_PEER, cpu_flags, cpu_name, print_versions  # noqa: E402
+from plan_vs_nnunet import make_dataset, nnunet_plan, run  # noqa: E402
 from train_throughput import align_nnunet_plan  # noqa: E402
 
 CONFIG = "3d_cpu"
@@ -154,9 +154,10 @@ def main() -> None:
     root = args.work or Path(tempfile.mkdtemp(prefix="volseg_e2e_bench_"))
     root.mkdir(parents=True, exist_ok=True)
     dataset = make_dataset("ms", args.cases, root)
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, CPU; ms demo, "
+    print(f"machine: {cpu_name()} ({cpu_flags()}), {os.cpu_count()} cores, CPU; ms demo, "
           f"{args.cases} cases, fold {args.fold}; budget {args.epochs} × {args.iters} iterations; "
           f"TTA {'on' if args.tta else 'off'}", flush=True)
+    versions = print_versions(args.nnunet_python)
     times, summaries = {}, {}
     times["volseg"], summaries["volseg"], cfg, val_ids, labels = volseg_pipeline(dataset, root, args)
     print(f"volseg done: {times['volseg']}", flush=True)
@@ -172,7 +173,7 @@ def main() -> None:
           f"features {cfg['network']['features_per_stage']}")
     print("\n" + scores_table(summaries))
     print("\n" + times_table(times))
-    (root / "e2e_results.json").write_text(json.dumps({"times": times, "val_ids": val_ids,
+    (root / "e2e_results.json").write_text(json.dumps({"times": times, "val_ids": val_ids, "versions": versions,
                                                        "summaries": summaries}, indent=2))
     print(f"\nresults: {root / 'e2e_results.json'}")
 

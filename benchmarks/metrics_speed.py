@@ -20,11 +20,15 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
+import sys
 import time
 import warnings
+from pathlib import Path
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import cpu_name, print_versions  # noqa: E402
 
 
 def _ellipsoid(out: np.ndarray, value: int, centre, radii_vox, rng=None, bumps: float = 0.0) -> None:
@@ -62,17 +66,6 @@ def make_pair(shape, spacing, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
         c = [rng.uniform(0.1, 0.9) * s for s in shape]
         _ellipsoid(pred, 2, c, [3.0 / sp for sp in spacing])
     return pred, ref
-
-
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def best_of(repeat: int, fn):
@@ -136,6 +129,7 @@ def main() -> None:
 
     print(f"device: CPU {cpu_name()}, {os.cpu_count()} logical cores, torch threads {torch.get_num_threads()}, "
           f"numpy {np.__version__}")
+    print_versions(None)  # MONAI runs in this environment: no peer torch
     t = time.perf_counter()
     pred, ref = make_pair(shape, spacing)
     print(f"pair {shape} (z, y, x) at {spacing} mm, built in {time.perf_counter() - t:.1f} s; "

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -25,8 +24,8 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-DEFAULT_PEER = REPO.parent / "peers" / "nnunet" / "bin" / "python"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import DEFAULT_PEER, cpu_flags, cpu_name, print_versions  # noqa: E402  (DEFAULT_PEER: also imported from here)
 
 
 def run(cmd: list[str], env: dict | None = None) -> float:
@@ -113,8 +112,9 @@ def main() -> None:
     root = args.work or Path(tempfile.mkdtemp(prefix="volseg_plan_bench_"))
     root.mkdir(parents=True, exist_ok=True)
     dataset = make_dataset(args.dataset, args.cases, root, args.dataset_dir)
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; "
+    print(f"machine: {cpu_name()} ({cpu_flags()}), {os.cpu_count()} cores; "
           f"dataset: {args.dataset} demo, {args.cases} cases; workers: {args.workers}")
+    print_versions(args.nnunet_python)
     t_vs, vs = volseg_plan(dataset, root / "volseg", args.workers)
     nn, t_nn = None, None
     if args.nnunet_python.is_file():

@@ -42,7 +42,7 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from change_vs_peers import cpu_name  # noqa: E402
+from common import cpu_name, print_versions  # noqa: E402
 
 CONFIG = "3d_cpu"
 SCORES = ("fingerprint", "features", "uncertainty")
@@ -220,6 +220,7 @@ def main() -> int:
     ap.add_argument("--n-cal", type=int, default=40)
     ap.add_argument("--alpha", type=float, default=0.05)
     args = ap.parse_args()
+    versions = print_versions(None)  # no peer runs here
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
@@ -265,8 +266,8 @@ def main() -> int:
         r["detection_rate"] = check["detection_rate"][s]
         r["aim"] = aim(r["dice_drop"], r["auroc"]["combined"])
     seconds["total"] = round(time.perf_counter() - t0, 1)
-    report = {"cpu": cpu_name(), "torch": torch.__version__, "model": prepared, "data": str(data),
-              "tta": False, "test_cases": len(base_ids), "shifted_cases": len(shift_ids),
+    report = {"cpu": cpu_name(), "torch": torch.__version__, "versions": versions, "model": prepared,
+              "data": str(data), "tta": False, "test_cases": len(base_ids), "shifted_cases": len(shift_ids),
               "dice_unshifted_all": float(np.mean([base_dice[c] for c in base_ids])) if base_ids else float("nan"),
               "check": check, "shifts": shifts, "unshifted": {"case_scores": base, "case_dice": base_dice},
               "seconds": seconds}

@@ -17,14 +17,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from plan_vs_nnunet import DEFAULT_PEER, make_dataset, nnunet_plan, run  # noqa: E402
+from common import DEFAULT_PEER, cpu_flags, cpu_name, print_versions  # noqa: E402
+from plan_vs_nnunet import make_dataset, nnunet_plan, run  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 
@@ -87,10 +87,11 @@ def main() -> None:
     run([sys.executable, "-m", "volseg", "plan", str(dataset), "-o", str(plan_dir), "-c", args.configuration,
          "--device", args.device])
     cfg = json.loads((plan_dir / "plans.json").read_text())["configurations"][args.configuration]
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, device {args.device}; "
+    print(f"machine: {cpu_name()} ({cpu_flags()}), {os.cpu_count()} cores, device {args.device}; "
           f"{args.dataset_dir or (args.dataset + ' demo')}, {args.configuration}: patch {cfg['patch_size']}, "
           f"batch {cfg['batch_size']}, "
           f"features {cfg['network']['features_per_stage']}, {args.workers} augmentation worker(s)")
+    print_versions(args.nnunet_python if args.device == "cpu" else None)  # nnU-Net runs on the CPU only
     vs = volseg_throughput(plan_dir, args.configuration, args.iters, args.workers, args.device)
     nn = None
     if args.nnunet_python.is_file() and args.device == "cpu":

@@ -63,7 +63,7 @@ sys.path.insert(0, str(HERE.parents[1] / "inference"))
 import bench_sliding_window as sw  # noqa: E402  (build_network, Timed, best_of)
 
 sys.path.insert(0, str(HERE.parents[1]))
-from detection_vs_peers import cpu_name  # noqa: E402
+from common import cpu_name, print_versions  # noqa: E402
 
 GB = 1e9
 GIB = 2 ** 30
@@ -391,6 +391,7 @@ def env_info() -> dict:
 
 def cmd_env(args: argparse.Namespace) -> None:
     info = env_info()
+    info["versions"] = print_versions(None, file=sys.stderr)  # no peer: MONAI runs in this environment
     write_json(args.out, info)
     print(json.dumps(info, indent=1, default=str))
 
@@ -447,7 +448,8 @@ def cmd_bench(args: argparse.Namespace) -> None:
     base = {"kind": "sliding_window", "device": device, "repeat": repeat, **case}
     results, agreement = _run_methods(methods, base, save_dir, "bench")
     record = {"device": device, "case": case, "repeat": repeat, "is_monai_6427_case": case == MONAI_CASE,
-              "results": results, "skipped": skipped, "agreement_with_volseg_torch": agreement}
+              "results": results, "skipped": skipped, "agreement_with_volseg_torch": agreement,
+              "versions": print_versions(None, file=sys.stderr)}
     write_json(args.out, record)
     for m in methods:
         (save_dir / f"bench_{m}.pt").unlink(missing_ok=True)
@@ -461,7 +463,8 @@ def cmd_demo(args: argparse.Namespace) -> None:
     device = resolve_device(args.device)
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
-    record: dict[str, Any] = {"device": device, "dataset": "ms demo", "config": "3d_fullres"}
+    record: dict[str, Any] = {"device": device, "dataset": "ms demo", "config": "3d_fullres",
+                              "versions": print_versions(None, file=sys.stderr)}
     workers = max(1, min(8, (os.cpu_count() or 2) - 1))
     t0 = time.perf_counter()
     n_cases = max(2, args.cases)
@@ -520,6 +523,7 @@ def cmd_slab(args: argparse.Namespace) -> None:
     device = resolve_device(args.device)
     spec = {"kind": "slab", "device": device, "scenarios": SLAB_SCENARIOS if device == "cuda" else SLAB_DRY_RUN}
     rec = run_child(spec)
+    rec["versions"] = print_versions(None, file=sys.stderr)
     write_json(args.out, rec)
 
 

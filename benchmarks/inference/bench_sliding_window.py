@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import time
@@ -31,7 +30,8 @@ from pathlib import Path
 import torch
 
 HERE = Path(__file__).resolve()
-DEFAULT_PEER = HERE.parents[2].parent / "peers" / "nnunet" / "bin" / "python"
+sys.path.insert(0, str(HERE.parents[1]))  # benchmarks/
+from common import DEFAULT_PEER, cpu_flags, cpu_name, print_versions  # noqa: E402
 
 
 def build_network(classes: int, patch: list[int]) -> torch.nn.Module:
@@ -141,6 +141,7 @@ def main() -> None:
     if args.method:  # child process
         print(json.dumps(run_one(args.method, args)))
         return
+    print_versions(args.nnunet_python)  # MONAI runs in volseg's environment, nnU-Net in its own
     results = {}
     for method in ("volseg", "monai"):
         cmd = [sys.executable, str(HERE), "--method", method, *sys.argv[1:]]
@@ -156,7 +157,7 @@ def main() -> None:
         if proc.returncode != 0:
             raise SystemExit(proc.stderr[-3000:])
         results["nnU-Net"] = json.loads(proc.stdout.strip().splitlines()[-1])
-    name = torch.cuda.get_device_name() if args.device == "cuda" else (platform.processor() or platform.machine())
+    name = torch.cuda.get_device_name() if args.device == "cuda" else f"{cpu_name()} ({cpu_flags()})"
     print(f"device: {args.device} ({name}, {os.cpu_count()} cores); volume {args.size}, patch {args.patch}, "
           f"{args.classes} classes, tile batch {args.tile_batch}, TTA {'on' if args.tta else 'off'}")
     if "nnU-Net" not in results:
