@@ -3,7 +3,9 @@
 Input: the fp32 (K, Z, Y, X) accumulator (or a z-slab of it) and the three 1D normalizers
 (see :mod:`volseg.kernels.gaussian`). Outputs: uint8 labels (Z, Y, X); optionally fp16
 probabilities (K, Z, Y, X), fp16 maximum probability and fp16 entropy (nats) (Z, Y, X).
-:func:`finalize_torch` works in z-chunks so that its float temporaries stay small;
+:func:`finalize_torch` works in z-chunks so that its float temporaries stay small, and makes
+none when only labels are asked for (the argmax of the accumulator is the argmax of the
+normalized logits);
 :func:`finalize_triton` keeps everything in registers and writes each output once.
 Sigmoid mode (one independent channel per region) gives per-channel probabilities and the
 mean binary entropy; its labels are painted by the caller from the regions.
@@ -89,15 +91,21 @@ def finalize_torch(acc: torch.Tensor, nz: torch.Tensor, ny: torch.Tensor, nx: to
     k = _classes(acc, member_terms)
     _, zs, ys, xs = acc.shape
     out = allocate_outputs(k, (zs, ys, xs), acc.device, mode, return_probabilities, return_uncertainty, member_terms)
+    labels_only = not (return_probabilities or return_uncertainty)
     inv_yx = (1.0 / (ny[:, None] * nx[None, :]))
     step = max(1, CHUNK_VOXELS // max(ys * xs, 1))
     for z0 in range(0, zs, step):
         z1 = min(zs, z0 + step)
-        v = acc[:, z0:z1] * (inv_yx[None, None] / nz[z0:z1, None, None][None])
+        a = acc[:, z0:z1]
+        scale = inv_yx[None] / nz[z0:z1, None, None]  # (z, Y, X): the normalizer, positive everywhere
         if member_terms:
-            out.expected_entropy[z0:z1] = v[k].half()
-            out.mutual_information[z0:z1] = v[k + 1].half()
-            v = v[:k]
+            out.expected_entropy[z0:z1] = (a[k] * scale).half()
+            out.mutual_information[z0:z1] = (a[k + 1] * scale).half()
+        if labels_only:  # a positive factor per voxel leaves the argmax alone: no float temporaries
+            if mode == "softmax":
+                out.labels[z0:z1] = a[:k].argmax(0).to(torch.uint8)
+            continue
+        v = a[:k] * scale[None]
         if mode == "softmax":
             logp = torch.log_softmax(v, dim=0)
             p = logp.exp()
