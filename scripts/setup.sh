@@ -23,4 +23,12 @@ if ! "$VENV/bin/python" -c "import volseg, monai, SimpleITK, batchgenerators, cc
     $PIP install --quiet -e ".[test,anatomy]"
     touch "$VENV/.volseg-installed"
 fi
+# the CPU runtimes of the forward pass (OpenVINO, ONNX Runtime), where wheels exist for this machine;
+# torch stays pinned, and prediction uses torch without them
+if ! "$VENV/bin/python" -c "import openvino, onnxruntime, onnx" >/dev/null 2>&1; then
+    echo "[setup] installing the CPU runtimes (volseg[cpu-fast])"
+    echo "torch==$("$VENV/bin/python" -c 'import torch; print(torch.__version__.split("+")[0])')" > "$VENV/.torch-pin"
+    $PIP install --quiet -c "$VENV/.torch-pin" -e ".[cpu-fast]" \
+        || echo "[setup] no OpenVINO / ONNX Runtime for this machine: the network runs on torch"
+fi
 echo "[setup] ready: $VENV/bin/volseg"

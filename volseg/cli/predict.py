@@ -37,6 +37,13 @@ def add_parser(sub) -> argparse.ArgumentParser:
                    help="memory budget of the stitching buffers; above it z-slab mode is used (default: automatic)")
     p.add_argument("--backend", choices=["auto", "torch", "triton"], default="auto",
                    help="stitching kernels: Triton on CUDA, torch on the CPU (default auto)")
+    p.add_argument("--runtime", choices=["auto", "torch", "openvino", "onnxruntime"], default="auto",
+                   help="what runs the network's forward pass on the CPU: auto takes the fastest installed runtime "
+                        "whose outputs match torch's on a check tile (volseg[cpu-fast] installs OpenVINO and ONNX "
+                        "Runtime); a runtime that is missing or disagrees falls back to torch with a notice")
+    p.add_argument("--precision", choices=["f32", "bf16"], default="f32",
+                   help="bf16: reduced-precision forward pass (OpenVINO or torch autocast), used when at least 99%% of "
+                        "its labels on the check tile are float32 torch's; the agreement is printed (default f32)")
     p.add_argument("--shift-alpha", type=level, default=0.05,
                    help="flag a case whose input looks unlike the training data at this false-alarm level: at most "
                         "this fraction of cases like the training data is flagged (default 0.05; needs MODEL/shift.json)")
@@ -64,18 +71,20 @@ def level(text: str) -> float:
 def run(args: argparse.Namespace) -> int:
     from volseg.model import load_model
     from volseg.inference.predictor import PredictOptions, predict_folder, resolve_device
+    from volseg.runtime import RuntimeChoice
 
     options = PredictOptions(step_fraction=args.step, tta=not args.no_tta, save_probabilities=args.save_probabilities,
                              save_uncertainty=args.save_uncertainty, device=args.device, backend=args.backend,
                              memory_budget_gb=args.memory_gb, postprocess=not args.no_postprocessing,
                              calibrated=args.calibrated or bool(args.calibration), calibration_file=args.calibration,
                              shift_check=not args.no_shift_check, shift_alpha=args.shift_alpha,
-                             refuse_shifted=args.refuse_shifted)
+                             refuse_shifted=args.refuse_shifted, runtime=args.runtime, precision=args.precision)
     model = load_model(args.model, args.folds, args.checkpoint, resolve_device(args.device))
     summary = predict_folder(args.input, args.out, model, options, resume=args.resume, progress=not args.no_progress)
     counts = summary["counts"]
     refused = f", {counts['refused']} refused as shifted" if counts["refused"] else ""
     print(f"{counts['done']} predicted, {counts['skipped']} skipped, {counts['failed']} failed{refused} → {args.out}")
+    print(RuntimeChoice(**summary["runtime"]).describe())
     if "calibration" in summary:
         print(f"calibrated: {summary['calibration']['guarantee']}")
         if summary["calibration"].get("warning"):

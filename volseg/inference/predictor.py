@@ -31,6 +31,8 @@ class PredictOptions:
     save_uncertainty: bool = False
     device: str = "auto"
     backend: str = "auto"
+    runtime: str = "auto"  # forward pass: "torch", "openvino", "onnxruntime" or "auto" (see volseg.runtime)
+    precision: str = "f32"  # "bf16" only on request
     memory_budget_gb: float | None = None
     postprocess: bool = True
     calibrated: bool = False  # apply MODEL/calibration.json (or calibration_file) instead of post-processing
@@ -54,6 +56,23 @@ def resolve_device(device: str) -> torch.device:
     if device == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("--device cuda was asked for, but no CUDA device is available")
     return torch.device(device)
+
+
+def with_runtime(model: LoadedModel, options: PredictOptions, device: torch.device):
+    """``model`` with its networks run by the runtime ``options`` ask for (checked against torch
+    on one tile batch; see :func:`volseg.runtime.select_runtime`), and the choice made."""
+    from volseg.model.folder import fold_dir
+    from volseg.runtime import select_runtime
+
+    cfg = model.config
+    shape = (cfg["inference"]["tile_batch"], model.num_channels, *cfg["patch_size"])
+    networks, choice = select_runtime(model.networks, [fold_dir(model.root, f) for f in model.folds], shape,
+                                      options.runtime, options.precision, device, getattr(model.task, "mode", "softmax"))
+    if choice.notice:
+        log.warning("%s", choice.notice)
+    if choice.runtime != "torch" or choice.precision != "f32":
+        log.info("%s", choice.describe())
+    return replace(model, networks=networks), choice
 
 
 def prepare(model: LoadedModel, images: np.ndarray, geometry: Geometry) -> tuple[np.ndarray, dict, float]:
@@ -155,13 +174,14 @@ def predict_folder(inputs: list, out_dir: str | Path, model: LoadedModel, option
 
         cal_file = Path(options.calibration_file or Path(model.root) / "calibration.json")
         conformal = load_calibration(cal_file, model.plans.get("task", "segmentation"))
+    model, runtime = with_runtime(model, options, device)
     check = _shift_check(model, options)
     if check is None and options.shift_check:
         options = replace(options, shift_check=False)
     cases = find_input_cases(inputs, model.num_channels)
     todo = [c for c in cases if not (resume and output_complete(model.task.done_file(out_dir, c.case_id, ending)))]
     summary = {"model": str(model.root), "configuration": model.config_name, "folds": model.folds,
-               "device": str(device), "tta": options.tta, "cases": {}}
+               "device": str(device), "tta": options.tta, "runtime": runtime.record(), "cases": {}}
     if conformal is not None:
         from volseg.conformal.calibrate import settings_warning, summary_record
 

@@ -57,16 +57,29 @@ class FeatureProbe:
         self._chunks: list[list[torch.Tensor]] = [[] for _ in networks]
         self._handles = []
         self.supported = []
+        self._sinks = []
         for k, net in enumerate(networks):
+            if hasattr(net, "set_feature_sink"):  # another runtime's export hands the pooled features over
+                self.supported.append(net.set_feature_sink(self._sink(k)))
+                self._sinks.append(net)
+                continue
             module = bottleneck_input(net)
             self.supported.append(module is not None)
             if module is not None:
                 self._handles.append(module.register_forward_pre_hook(self._hook(k)))
 
+    def _sink(self, k: int):
+        def sink(pooled: torch.Tensor) -> None:
+            if self.recording:
+                self._chunks[k].append(pooled.float().cpu())
+        return sink
+
     def _hook(self, k: int):
+        sink = self._sink(k)
+
         def hook(_module, args):
             if self.recording:
-                self._chunks[k].append(pool(args[0]).cpu())
+                sink(pool(args[0]))
         return hook
 
     @property
@@ -76,7 +89,9 @@ class FeatureProbe:
     def close(self) -> None:
         for h in self._handles:
             h.remove()
-        self._handles = []
+        for net in self._sinks:
+            net.set_feature_sink(None)
+        self._handles, self._sinks = [], []
 
     def __enter__(self) -> "FeatureProbe":
         return self
