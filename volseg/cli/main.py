@@ -23,6 +23,7 @@ COMMANDS = (
     ("plan", "volseg.cli.plan"),
     ("train", "volseg.cli.train"),
     ("predict", "volseg.cli.predict"),
+    ("export", "volseg.cli.export"),
     ("evaluate", "volseg.cli.evaluate"),
     ("calibrate", "volseg.cli.calibrate"),
     ("calibrate-shift", "volseg.cli.calibrate_shift"),

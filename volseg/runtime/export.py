@@ -33,12 +33,12 @@ _PREFIX = "network-"
 
 
 class ExportGraph(torch.nn.Module):
-    """``net`` with flat outputs: its output leaves, then the pooled bottleneck features."""
+    """``net`` with flat outputs: its output leaves, then (``features``) the pooled bottleneck features."""
 
-    def __init__(self, net: torch.nn.Module) -> None:
+    def __init__(self, net: torch.nn.Module, features: bool = True) -> None:
         super().__init__()
         self.net = net
-        self._bottleneck = bottleneck_input(net)
+        self._bottleneck = bottleneck_input(net) if features else None
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         features: list[torch.Tensor] = []
@@ -65,18 +65,31 @@ def weights_digest(net: torch.nn.Module) -> str:
     return h.hexdigest()
 
 
-def export_onnx(net: torch.nn.Module, input_shape: Sequence[int], path: str | os.PathLike) -> Path:
-    """Write ``net`` (eval mode, CPU) as an ONNX graph for float32 inputs of ``input_shape``
-    (B, C, z, y, x), atomically; see the module docstring for the outputs."""
-    graph = ExportGraph(net).eval()
+def export_onnx(net: torch.nn.Module, input_shape: Sequence[int], path: str | os.PathLike,
+                features: bool = True, output_names: Sequence[str] | None = None,
+                dynamic_batch: bool = False, finish=None) -> Path:
+    """Write ``net`` (eval mode, CPU) as an ONNX graph for float32 inputs ``image`` of
+    ``input_shape`` (B, C, z, y, x), atomically; see the module docstring for the outputs.
+
+    Args:
+        features: Also output the pooled bottleneck features.
+        output_names: Names of the outputs (default ``output_0``, ...).
+        dynamic_batch: Let the batch dimension of the input and every output vary.
+        finish: Called with the written temporary path before it is renamed into place
+            (e.g. to add metadata).
+    """
+    graph = ExportGraph(net, features).eval()
     example = torch.zeros(tuple(int(s) for s in input_shape))
     with torch.no_grad():
         n_out = len(graph(example))
-    names = [f"output_{i}" for i in range(n_out)]
+    names = list(output_names) if output_names is not None else [f"output_{i}" for i in range(n_out)]
+    dynamic = {n: {0: "batch"} for n in ["image", *names]} if dynamic_batch else None
     with atomic_path(path) as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and tracer notes
-        torch.onnx.export(graph, (example,), str(tmp), dynamo=False, opset_version=OPSET,
-                          input_names=["image"], output_names=names, do_constant_folding=True)
+        torch.onnx.export(graph, (example,), str(tmp), dynamo=False, opset_version=OPSET, input_names=["image"],
+                          output_names=names, dynamic_axes=dynamic, do_constant_folding=True)
+        if finish is not None:
+            finish(tmp)
     return Path(path)
 
 
