@@ -52,9 +52,23 @@ def add_parser(sub) -> argparse.ArgumentParser:
                         "case is predicted and written")
     p.add_argument("--no-shift-check", action="store_true",
                    help="do not compare the cases with the training data (saves the uncertainty maps' time)")
+    p.add_argument("--shard", type=shard_arg, metavar="K/N",
+                   help="predict only rank K's share of the cases (0 <= K < N), split by size so that ranks finish "
+                        "together; under torchrun the rank and world size come from RANK and WORLD_SIZE. Each rank "
+                        "writes summary.shard-K-of-N.json; the last to finish merges them into summary.json")
     p.add_argument("--resume", action="store_true", help="skip cases whose label file already exists")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
+
+
+def shard_arg(text: str):
+    """An argparse type: ``K/N``."""
+    from volseg.inference.shards import parse_shard
+
+    try:
+        return parse_shard(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def level(text: str) -> float:
@@ -79,11 +93,19 @@ def run(args: argparse.Namespace) -> int:
                              calibrated=args.calibrated or bool(args.calibration), calibration_file=args.calibration,
                              shift_check=not args.no_shift_check, shift_alpha=args.shift_alpha,
                              refuse_shifted=args.refuse_shifted, runtime=args.runtime, precision=args.precision)
+    from volseg.inference.shards import shard_from_env
+
+    shard = args.shard or shard_from_env()
     model = load_model(args.model, args.folds, args.checkpoint, resolve_device(args.device))
-    summary = predict_folder(args.input, args.out, model, options, resume=args.resume, progress=not args.no_progress)
+    summary = predict_folder(args.input, args.out, model, options, resume=args.resume, progress=not args.no_progress,
+                             shard=shard)
     counts = summary["counts"]
     refused = f", {counts['refused']} refused as shifted" if counts["refused"] else ""
-    print(f"{counts['done']} predicted, {counts['skipped']} skipped, {counts['failed']} failed{refused} → {args.out}")
+    where = f" (shard {shard.index}/{shard.count})" if shard else ""
+    print(f"{counts['done']} predicted, {counts['skipped']} skipped, {counts['failed']} failed{refused}{where} "
+          f"→ {args.out}")
+    if shard and summary["merged"]:
+        print(f"every shard is done: {args.out}/summary.json merges the {shard.count} shards")
     print(RuntimeChoice(**summary["runtime"]).describe())
     if "calibration" in summary:
         print(f"calibrated: {summary['calibration']['guarantee']}")

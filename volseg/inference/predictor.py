@@ -51,10 +51,16 @@ class PredictOptions:
 
 
 def resolve_device(device: str) -> torch.device:
+    """"auto" → CUDA when available, else the CPU. On CUDA, a process started by ``torchrun``
+    takes the GPU of its ``LOCAL_RANK``."""
+    import os
+
     if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        device = "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("--device cuda was asked for, but no CUDA device is available")
+    if device == "cuda" and "LOCAL_RANK" in os.environ:
+        return torch.device("cuda", int(os.environ["LOCAL_RANK"]) % torch.cuda.device_count())
     return torch.device(device)
 
 
@@ -134,8 +140,9 @@ def _read_and_prepare(model: LoadedModel, case) -> tuple:
 
 
 def predict_folder(inputs: list, out_dir: str | Path, model: LoadedModel, options: PredictOptions,
-                   resume: bool = False, progress: bool = True) -> dict:
-    """Predict every case found in ``inputs`` into ``out_dir``.
+                   resume: bool = False, progress: bool = True, shard=None) -> dict:
+    """Predict every case found in ``inputs`` into ``out_dir`` (with ``shard``, a
+    :class:`~volseg.inference.shards.Shard`, only that rank's share of them).
 
     A bad case (unreadable, wrong channel count, channels with different geometry) is
     reported and skipped; the others complete. With ``resume``, a case whose last output file
@@ -148,10 +155,15 @@ def predict_folder(inputs: list, out_dir: str | Path, model: LoadedModel, option
     outside the training range and, with ``MODEL/shift.json``, the p-values and whether it is
     flagged. A flagged case is still written, unless ``options.refuse_shifted``.
 
+    With a shard, the summary is written to ``out_dir/summary.shard-K-of-N.json``, and
+    ``summary.json`` (and the task's folder-wide files) once every shard's summary is there
+    (:func:`~volseg.inference.shards.merge_summaries`).
+
     Returns:
         The summary also written to ``out_dir/summary.json``: per case ``status`` ("done",
         "skipped", "failed" or "refused"), ``error``, timings, ``uncertainty`` and ``shift``;
-        ``shift`` at the top lists the flagged cases.
+        ``shift`` at the top lists the flagged cases. With a shard: that shard's summary, whose
+        ``merged`` says whether ``summary.json`` now holds every shard.
     """
     from concurrent.futures import ThreadPoolExecutor
 
@@ -178,10 +190,17 @@ def predict_folder(inputs: list, out_dir: str | Path, model: LoadedModel, option
     check = _shift_check(model, options)
     if check is None and options.shift_check:
         options = replace(options, shift_check=False)
-    cases = find_input_cases(inputs, model.num_channels)
+    cases = all_cases = find_input_cases(inputs, model.num_channels)
+    if shard is not None:
+        from volseg.inference.shards import shard_cases
+
+        cases = shard_cases(all_cases, shard, model.config["spacing"])
     todo = [c for c in cases if not (resume and output_complete(model.task.done_file(out_dir, c.case_id, ending)))]
     summary = {"model": str(model.root), "configuration": model.config_name, "folds": model.folds,
                "device": str(device), "tta": options.tta, "runtime": runtime.record(), "cases": {}}
+    if shard is not None:
+        summary["shard"] = {"name": shard.name, "index": shard.index, "count": shard.count,
+                            "cases": [c.case_id for c in cases]}
     if conformal is not None:
         from volseg.conformal.calibrate import settings_warning, summary_record
 
@@ -229,14 +248,23 @@ def predict_folder(inputs: list, out_dir: str | Path, model: LoadedModel, option
                 summary["cases"][case.case_id] = {"status": "failed", "error": str(e)}
             bar.update()
         exporter.wait()
-        model.task.finish_folder(out_dir, [c.case_id for c in cases])
+        if shard is None:
+            model.task.finish_folder(out_dir, [c.case_id for c in cases])
     finally:
         bar.close()
         reader.shutdown()
         exporter.close()
     statuses = [c["status"] for c in summary["cases"].values()]
     summary["counts"] = {s: statuses.count(s) for s in ("done", "skipped", "failed", "refused")}
-    write_json(out_dir / "summary.json", summary)
+    if shard is None:
+        write_json(out_dir / "summary.json", summary)
+        return summary
+    from volseg.inference.shards import merge_summaries
+
+    write_json(out_dir / shard.summary_file, summary)
+    summary["merged"] = merge_summaries(out_dir, shard.count) is not None
+    if summary["merged"]:
+        model.task.finish_folder(out_dir, [c.case_id for c in all_cases])
     return summary
 
 
