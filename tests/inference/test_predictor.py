@@ -133,3 +133,23 @@ def test_checkpoint_with_non_finite_weights_is_refused(tiny_model, tmp_path):
     save_checkpoint(path, {k: v for k, v in state.items() if k != "format"})
     with pytest.raises(ModelError, match="checkpoint_final.pt: holds non-finite weights"):
         load_model(model, ["0"])
+
+
+def test_probabilities_in_nnunet_layout(tiny_model, inputs, tmp_path):
+    from volseg.conformal.cases import probability_files, read_probabilities
+
+    folder, geoms = inputs
+    out = tmp_path / "nn"
+    assert main(["predict", "-i", str(folder), "-o", str(out), "-m", str(tiny_model), "--no-progress",
+                 "--save-probabilities", "nnunet", "--no-postprocessing", "--runtime", "torch"]) == 1  # zbad fails
+    for name, g in geoms.items():
+        with np.load(out / f"{name}.npz", allow_pickle=False) as z:
+            assert list(z) == ["probabilities"]
+            p = z["probabilities"]
+        assert p.dtype == np.float16 and p.shape[1:] == g.shape
+        np.testing.assert_allclose(p.astype(np.float32).sum(0), 1.0, atol=3e-3)
+        labels = read_image(out / f"{name}.nii.gz")[0]
+        assert np.mean(p.argmax(0) == labels) > 0.999  # ties aside, the label map is the argmax
+    assert not list((out / "maps").glob("*_probabilities.npz")) if (out / "maps").exists() else True
+    files = probability_files(out)  # volseg calibrate reads this layout too
+    assert sorted(files) == sorted(geoms) and read_probabilities(files["a"]).shape[1:] == geoms["a"].shape

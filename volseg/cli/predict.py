@@ -21,8 +21,10 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="default: cuda if available")
     p.add_argument("--step", type=float, help="tile step as a fraction of the patch (default: the plan's, 0.5)")
     p.add_argument("--no-tta", action="store_true", help="no mirroring test-time augmentation")
-    p.add_argument("--save-probabilities", action="store_true",
-                   help="also write maps/CASE_probabilities.npz (fp16, (K, Z, Y, X))")
+    p.add_argument("--save-probabilities", nargs="?", const="volseg", choices=["volseg", "nnunet"],
+                   help="also write the probabilities, (K, Z, Y, X) on the input grid: maps/CASE_probabilities.npz "
+                        "(fp16; the default layout), or with 'nnunet' CASE.npz beside the label map (fp16, key "
+                        "'probabilities'), where nnU-Net v2's scripts look for them")
     p.add_argument("--save-uncertainty", action="store_true",
                    help="also write maps/CASE_entropy (entropy of the fused prediction), maps/CASE_expected_entropy "
                         "(mean entropy of the ensemble members, aleatoric) and maps/CASE_mutual_information (where "
@@ -87,7 +89,8 @@ def run(args: argparse.Namespace) -> int:
     from volseg.inference.predictor import PredictOptions, predict_folder, resolve_device
     from volseg.runtime import RuntimeChoice
 
-    options = PredictOptions(step_fraction=args.step, tta=not args.no_tta, save_probabilities=args.save_probabilities,
+    options = PredictOptions(step_fraction=args.step, tta=not args.no_tta, save_probabilities=bool(args.save_probabilities),
+                             probabilities_layout=args.save_probabilities or "volseg",
                              save_uncertainty=args.save_uncertainty, device=args.device, backend=args.backend,
                              memory_budget_gb=args.memory_gb, postprocess=not args.no_postprocessing,
                              calibrated=args.calibrated or bool(args.calibration), calibration_file=args.calibration,

@@ -23,8 +23,12 @@ PROBABILITIES = "maps/{case}_probabilities.npz"
 
 
 def probability_files(pred_dir: Path) -> dict[str, Path]:
-    """case id → probability file of a prediction folder (``DatasetError`` when there is none)."""
+    """case id → probability file of a prediction folder: ``maps/CASE_probabilities.npz``, or
+    ``CASE.npz`` beside the label maps (``--save-probabilities nnunet``); ``DatasetError`` when
+    there is neither."""
     files = {p.name[: -len("_probabilities.npz")]: p for p in sorted((pred_dir / "maps").glob("*_probabilities.npz"))}
+    if not files:
+        files = {p.name[: -len(".npz")]: p for p in sorted(pred_dir.glob("*.npz"))}
     if not files:
         raise DatasetError(pred_dir, "no maps/CASE_probabilities.npz: calibration needs the predicted probabilities "
                            "(volseg predict --save-probabilities; training's held-out validation keeps them)")

@@ -15,9 +15,10 @@ from volseg.io.nifti import Geometry, write_image
 
 def export_case(out_dir: Path, case_id: str, ending: str, geometry: Geometry, labels: np.ndarray,
                 probabilities: np.ndarray | None = None, entropy: np.ndarray | None = None,
-                extra_maps: dict[str, np.ndarray] | None = None) -> list[Path]:
+                extra_maps: dict[str, np.ndarray] | None = None, probabilities_layout: str = "volseg") -> list[Path]:
     """Write ``CASE<ending>`` (labels), and optionally ``maps/CASE_probabilities.npz`` (fp16,
-    (K, Z, Y, X)), ``maps/CASE_entropy<ending>`` (entropy in nats, float32 NIfTI) and one
+    (K, Z, Y, X); with ``probabilities_layout="nnunet"`` ``CASE.npz`` beside the label map,
+    key ``probabilities`` only), ``maps/CASE_entropy<ending>`` (entropy in nats, float32 NIfTI) and one
     ``maps/CASE_<name><ending>`` per entry of ``extra_maps`` ((Z, Y, X); uint8 maps stay uint8,
     others are written as float32). The maps go to a sub-folder so that the output folder
     holds only label maps (what ``evaluate`` reads). The label file is written last: its
@@ -27,7 +28,12 @@ def export_case(out_dir: Path, case_id: str, ending: str, geometry: Geometry, la
         data = array if array.dtype == np.uint8 else array.astype(np.float32)
         written.append(write_image(out_dir / "maps" / f"{case_id}_{name}{ending}", data, geometry))
     maps = out_dir / "maps"
-    if probabilities is not None:
+    if probabilities is not None and probabilities_layout == "nnunet":
+        path = out_dir / f"{case_id}.npz"
+        with atomic_path(path) as tmp:
+            np.savez_compressed(tmp, probabilities=probabilities.astype(np.float16))
+        written.append(path)
+    elif probabilities is not None:
         path = maps / f"{case_id}_probabilities.npz"
         with atomic_path(path) as tmp:
             np.savez_compressed(tmp, probabilities=probabilities.astype(np.float16),

@@ -28,6 +28,7 @@ class PredictOptions:
     step_fraction: float | None = None
     tta: bool = True
     save_probabilities: bool = False
+    probabilities_layout: str = "volseg"  # or "nnunet": CASE.npz beside the label map (see export_case)
     save_uncertainty: bool = False
     device: str = "auto"
     backend: str = "auto"
@@ -127,6 +128,7 @@ def predict_images(model: LoadedModel, images: np.ndarray, geometry: Geometry, o
     elif options.postprocess:
         prediction = task.postprocess(prediction, model.calibration, geometry.spacing)
     t3 = time.perf_counter()
+    prediction.probabilities_layout = options.probabilities_layout
     prediction.seconds = {"preprocess": prep_seconds, "network_and_stitching": t2 - t1, "restore": t3 - t2,
                           "network": float(network_seconds)}
     return prediction

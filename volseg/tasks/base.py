@@ -111,6 +111,9 @@ class CasePrediction:
         maps: Task-specific arrays that post-processing needs but export does not write unless
             asked (change detection: ``"regions"``, the fp16 (4, Z, Y, X) sigmoid maps).
         seconds: Timings of the stages, seconds.
+        probabilities_layout: Where export writes the probabilities: "volseg"
+            (``maps/CASE_probabilities.npz``, fp16) or "nnunet" (``CASE.npz`` beside the label
+            map, fp16, key ``probabilities`` only, where nnU-Net v2 writes them).
     """
 
     labels: np.ndarray | None = None
@@ -120,6 +123,7 @@ class CasePrediction:
     lesions: list | None = None
     maps: dict = field(default_factory=dict)
     seconds: dict = field(default_factory=dict)
+    probabilities_layout: str = "volseg"
 
 
 class Task(Protocol):

@@ -302,7 +302,8 @@ class SegmentationTask:
         from volseg.inference.export import export_case
 
         return export_case(out_dir, case_id, ending, geometry, prediction.labels, prediction.probabilities,
-                           prediction.entropy, extra_maps=exported_maps(prediction))
+                           prediction.entropy, extra_maps=exported_maps(prediction),
+                           probabilities_layout=prediction.probabilities_layout)
 
     def done_file(self, out_dir: Path, case_id: str, ending: str) -> Path:
         return Path(out_dir) / f"{case_id}{ending}"
