@@ -23,3 +23,24 @@ def ddp_worker(rank: int, world: int, port: int, plan_dir: str, out: str) -> Non
     run_mod.run_training = spy
     run_mod.train(plan_dir, out, fold=0, epochs=1, iterations=3, progress=False, device="cpu")
     torch.save(captured["weights"], f"{out}/rank{rank}.pt")
+
+
+def ddp_mismatch_worker(rank: int, world: int, port: int, plan_dirs: list, out: str) -> None:
+    """Rank ``r`` trains from ``plan_dirs[r]``; writes the one-line error it stops with."""
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
+                      LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    from volseg.errors import VolsegError
+    from volseg.training.distributed import shutdown, DistContext
+    import volseg.training.run as run_mod
+
+    try:
+        run_mod.train(plan_dirs[rank], f"{out}/model{rank}", fold=0, epochs=1, iterations=1, progress=False,
+                      device="cpu")
+        message = "trained"
+    except VolsegError as e:
+        message = str(e)
+    finally:
+        shutdown(DistContext(rank, world))
+    with open(f"{out}/rank{rank}.txt", "w") as f:
+        f.write(message)

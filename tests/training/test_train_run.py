@@ -209,3 +209,40 @@ def test_checkpoint_rule_and_score_smoothing_come_from_the_plan(tiny_plan, tmp_p
     log = [json.loads(x) for x in (fold_dir / "log.jsonl").read_text().splitlines()]
     assert all(r["score_ema"] == r["score"] for r in log)  # momentum 0: no smoothing
     assert load_checkpoint(fold_dir / "checkpoint_best.pt")["best_score"] == max(r["score"] for r in log)
+
+
+def test_two_ranks_of_batch_b_take_the_step_of_one_process_with_batch_2b(tiny_plan, tmp_path):
+    """DDP's mean gradient, with the batch Dice summed over ranks, is the gradient of the
+    global batch: the first step's gradient matches one process holding both halves."""
+    from ddp_step_worker import ddp_step_worker, fixed_batch, one_step
+
+    torch.set_num_threads(1)
+    _, _, _, data, target = fixed_batch(str(tiny_plan), 4)
+    single = one_step(str(tiny_plan), data, target, ddp=False)
+    mp.spawn(ddp_step_worker, args=(2, _free_port(), str(tiny_plan), str(tmp_path)), nprocs=2, join=True)
+    ranks = [torch.load(tmp_path / f"step_rank{r}.pt", weights_only=True) for r in (0, 1)]
+    assert not torch.allclose(ranks[0]["loss"], ranks[1]["loss"])  # each rank saw other samples (its CE term)
+    keys = [k for k in single if k != "loss"]
+    reference = torch.cat([single[k].flatten() for k in keys])
+    for rank in ranks:  # DDP leaves the averaged gradient on every rank
+        grad = torch.cat([rank[k].flatten() for k in keys])
+        error = float((grad - reference).norm() / reference.norm())
+        assert error < 1e-5, error
+
+
+def test_ranks_with_different_plans_stop_with_one_line(tiny_plan, tmp_path):
+    import shutil
+
+    from ddp_worker import ddp_mismatch_worker
+
+    other = tmp_path / "other_plan"
+    shutil.copytree(tiny_plan, other, ignore=shutil.ignore_patterns("models"))
+    plans = json.loads((other / "plans.json").read_text())
+    plans["configurations"]["3d_cpu"]["training"]["optimizer"]["lr"] = 0.02
+    (other / "plans.json").write_text(json.dumps(plans))
+    mp.spawn(ddp_mismatch_worker, args=(2, _free_port(), [str(tiny_plan), str(other)], str(tmp_path)), nprocs=2,
+             join=True)
+    for rank in (0, 1):
+        message = (tmp_path / f"rank{rank}.txt").read_text()
+        assert "the plan differs between rank 0 and rank(s) 1" in message and "\n" not in message
+    assert not (tmp_path / "model0" / "fold_0" / "checkpoint_final.pt").exists()

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
+import socket
 from dataclasses import dataclass
 
 import torch
@@ -62,3 +64,47 @@ def all_reduce_sum(t: torch.Tensor, ctx: DistContext) -> torch.Tensor:
     if ctx.distributed:
         dist.all_reduce(t, op=dist.ReduceOp.SUM)
     return t
+
+
+def digest(*parts: object) -> str:
+    """SHA-256 (hex) of the text of ``parts``."""
+    h = hashlib.sha256()
+    for p in parts:
+        h.update(repr(p).encode())
+        h.update(b"\0")
+    return h.hexdigest()
+
+
+def check_same_on_every_rank(ctx: DistContext, digests: dict[str, str], where: str) -> None:
+    """Stop every rank with the same one-line error unless all ranks hold the same ``digests``.
+
+    Args:
+        ctx: This process's place in the run (a single process passes at once).
+        digests: What must agree, e.g. ``{"plan": ..., "preprocessed data": ..., "fold split": ...}``
+            (64 hex characters each).
+        where: The file or folder the error names.
+
+    Raises:
+        VolsegError: Naming the first thing that differs and the ranks (and hosts) that differ from rank 0.
+    """
+    if not ctx.distributed:
+        return
+    from volseg.errors import VolsegError
+
+    names = list(digests)
+    mine = torch.tensor([list(bytes.fromhex(digests[n])) for n in names], dtype=torch.uint8)
+    host = socket.gethostname().encode()[:64].ljust(64, b"\0")
+    mine_host = torch.tensor(list(host), dtype=torch.uint8)
+    device = ctx.device if dist.get_backend() == "nccl" else torch.device("cpu")
+    gathered = [torch.zeros_like(mine, device=device) for _ in range(ctx.world_size)]
+    hosts = [torch.zeros_like(mine_host, device=device) for _ in range(ctx.world_size)]
+    dist.all_gather(gathered, mine.to(device))
+    dist.all_gather(hosts, mine_host.to(device))
+    for i, name in enumerate(names):
+        other = [r for r in range(1, ctx.world_size) if not torch.equal(gathered[r][i], gathered[0][i])]
+        if other:
+            who = ", ".join(f"{r} ({bytes(hosts[r].cpu().tolist()).rstrip(bytes(1)).decode(errors='replace')})"
+                            for r in other)
+            raise VolsegError(where, f"the {name} differs between rank 0 and rank(s) {who} of {ctx.world_size}; "
+                              "every rank must read the same plan folder (a shared file system, or identical "
+                              "copies on every node)")

@@ -89,7 +89,8 @@ def soft_dice(probs: torch.Tensor, onehot: torch.Tensor, mask: torch.Tensor | No
         probs: (B, C, z, y, x) probabilities.
         onehot: (B, C, z, y, x) binary targets.
         mask: Optional (B, 1, z, y, x) 0/1 voxels to count (ignore label).
-        batch_dice: Sum over the batch as well (one Dice per channel) instead of per sample.
+        batch_dice: Sum over the batch as well (one Dice per channel) instead of per sample;
+            in a distributed run over the batches of every rank.
         smooth: Added to numerator and denominator.
 
     Returns:
@@ -100,7 +101,25 @@ def soft_dice(probs: torch.Tensor, onehot: torch.Tensor, mask: torch.Tensor | No
     axes = (0, 2, 3, 4) if batch_dice else (2, 3, 4)
     intersect = (probs * onehot).sum(axes)
     denom = probs.sum(axes) + onehot.sum(axes)
+    if batch_dice:
+        intersect, denom = _sum_over_ranks(torch.stack((intersect, denom))).unbind(0)
     return (2 * intersect + smooth) / torch.clamp(denom + smooth, min=1e-8)
+
+
+def _sum_over_ranks(t: torch.Tensor) -> torch.Tensor:
+    """``t`` summed over the ranks of a distributed run, differentiably (the batch Dice of DDP
+    training is then the Dice of the global batch, as in one process); ``t`` itself otherwise.
+
+    Every rank computes the same global Dice; the gradient each rank's backward sends through
+    the sum is W × its own share, and DDP's mean over the W ranks gives the one-process gradient.
+    """
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+        return t
+    from torch.distributed.nn.functional import all_reduce
+
+    return all_reduce(t, op=dist.ReduceOp.SUM)
 
 
 def _check_shapes(logits: torch.Tensor, target: torch.Tensor, channels: int) -> None:

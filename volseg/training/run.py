@@ -6,6 +6,7 @@ cross-validation workflow's (:mod:`volseg.workflow`), which ``volseg train`` run
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import random
@@ -19,7 +20,7 @@ from volseg.errors import ModelError, PlanError
 from volseg.io.atomic import remove_stale_temps, write_json
 from volseg.planning.plans import configuration, load_plans, preprocessing_hash
 from volseg.model import fold_dir, load_checkpoint, model_hash, prepare_model_folder
-from volseg.training.distributed import init_distributed, shutdown
+from volseg.training.distributed import check_same_on_every_rank, digest, init_distributed, shutdown
 from volseg.training.splits import fold_cases, load_or_create_splits, make_splits
 from volseg.training.trainer import EMA_MOMENTUM, Schedule, TrainState, resume, run_training
 
@@ -35,6 +36,16 @@ def seed_everything(seed: int, deterministic: bool) -> None:
         torch.backends.cudnn.benchmark = False
     else:
         torch.backends.cudnn.benchmark = True
+
+
+def inputs_digests(plan_dir: Path, plans: dict, config_name: str, train_ids: list[str],
+                   val_ids: list[str]) -> dict[str, str]:
+    """What every rank of a distributed run must agree on: the plan's configuration, the
+    preprocessed files (names and sizes) and the fold's cases."""
+    folder = plan_dir / "preprocessed" / config_name
+    files = sorted((p.name, p.stat().st_size) for p in folder.iterdir() if p.is_file()) if folder.is_dir() else []
+    return {"plan": digest(json.dumps(plans, sort_keys=True)), "preprocessed data": digest(files),
+            "fold split": digest(sorted(train_ids), sorted(val_ids))}
 
 
 def fold_split(splits_path: Path, case_ids: list[str], fold: str) -> tuple[list[str], list[str], list[dict] | None]:
@@ -137,6 +148,7 @@ def train(plan_dir: str | os.PathLike, model_dir: str | os.PathLike | None = Non
     model_dir = Path(model_dir) if model_dir else plan_dir / "models" / config_name
     fold = str(fold)
     train_ids, val_ids, new_splits = fold_split(model_dir / "splits.json", case_ids, fold)
+    check_same_on_every_rank(ctx, inputs_digests(plan_dir, plans, config_name, train_ids, val_ids), plan_dir)
     if ctx.is_main:  # the fold is known to exist before anything is written
         remove_stale_temps(model_dir, recursive=True)
         prepare_model_folder(model_dir, plan_dir, plans, config_name)
