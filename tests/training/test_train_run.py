@@ -246,3 +246,29 @@ def test_ranks_with_different_plans_stop_with_one_line(tiny_plan, tmp_path):
         message = (tmp_path / f"rank{rank}.txt").read_text()
         assert "the plan differs between rank 0 and rank(s) 1" in message and "\n" not in message
     assert not (tmp_path / "model0" / "fold_0" / "checkpoint_final.pt").exists()
+
+
+def test_a_run_that_learned_nothing_says_so_and_exits_non_zero(tiny_plan, tmp_path, monkeypatch, capsys):
+    from volseg.training import trainer
+    from volseg.training.progress import learned_nothing
+
+    real = trainer.validate
+
+    def zero_score(parts, sched, ctx):
+        val_loss, _, extra = real(parts, sched, ctx)
+        return val_loss, 0.0, extra
+
+    monkeypatch.setattr(trainer, "validate", zero_score)
+    model = tmp_path / "m"
+    assert main(["train", str(tiny_plan), "-o", str(model), "--fold", "0", "--epochs", "2", "--iters", "1",
+                 "--no-progress", "--no-validation"]) == 3
+    err = capsys.readouterr().err
+    assert "learned nothing" in err and "stayed 0.000 in all 2 epochs" in err
+    assert (model / "fold_0" / "checkpoint_final.pt").is_file()  # kept
+    monkeypatch.setattr(trainer, "validate", real)
+    assert learned_nothing(model / "nowhere") is None  # no log: nothing to tell
+    log = model / "fold_0" / "log.jsonl"
+    records = [json.loads(x) for x in log.read_text().splitlines()]
+    records[-1]["score"] = 0.01
+    log.write_text("".join(json.dumps(r) + "\n" for r in records))
+    assert learned_nothing(model / "fold_0") is None

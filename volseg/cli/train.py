@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
@@ -70,6 +71,9 @@ def fold_list(text: str) -> list[str]:
 def run(args: argparse.Namespace) -> int:
     from volseg.workflow import train_fold
 
+    from volseg.training.progress import learned_nothing
+
+    status = 0
     for fold in args.fold:
         out = train_fold(args.plan_dir, args.out, fold=fold, config_name=args.configuration, epochs=args.epochs,
                     iterations=args.iters, time_limit_minutes=args.time_limit,
@@ -77,4 +81,8 @@ def run(args: argparse.Namespace) -> int:
                     num_workers=args.workers, seed=args.seed, progress=not args.no_progress,
                     validate=not args.no_validation)
         print(f"fold {fold} trained: {out}")
-    return 0
+        nothing = learned_nothing(out)
+        if nothing:
+            print(f"error: {nothing}", file=sys.stderr)
+            status = 3
+    return status

@@ -39,6 +39,18 @@ class EpochLog:
             f.flush()
 
 
+def learned_nothing(fold_dir: str | os.PathLike, score_name: str = "validation score") -> str | None:
+    """One line saying that a fold learned nothing (its validation score stayed 0 in every
+    epoch), or None: it learned something, or it had no validation to tell (``--fold all``)."""
+    records = EpochLog(Path(fold_dir) / "log.jsonl").records()
+    scores = [r.get("score") for r in records]
+    scores = [float(s) for s in scores if isinstance(s, (int, float)) and s == s]  # NaN: no validation batches
+    if not scores or max(scores) > 0:
+        return None
+    return (f"{fold_dir}: training learned nothing: the {score_name} stayed 0.000 in all {len(scores)} epochs "
+            "(the checkpoints are kept); train longer (--epochs, --iters) or check the labels")
+
+
 def plot_progress(records: list[dict], path: str | os.PathLike) -> None:
     """Loss, validation score (the task's, e.g. pseudo-Dice), learning rate, epoch time and data-wait share per epoch, as a PNG."""
     if not records:
