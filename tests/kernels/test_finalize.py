@@ -10,7 +10,7 @@ from volseg.kernels.finalize import finalize_torch
 
 @pytest.mark.parametrize("member_terms", [False, True])
 def test_labels_only_path_equals_the_full_path(monkeypatch, member_terms):
-    monkeypatch.setattr(sys.modules[finalize_torch.__module__], "CHUNK_VOXELS", 250)  # several z-chunks
+    monkeypatch.setattr(sys.modules[finalize_torch.__module__], "CHUNK_BYTES", 2000)  # several z-chunks
     torch.manual_seed(3)
     acc = torch.randn(5 + 2 * member_terms, 9, 10, 11) * 4
     norms = [torch.rand(s) * 3 + 0.1 for s in acc.shape[1:]]  # far from uniform: the scale varies per voxel

@@ -62,7 +62,7 @@ def test_member_probabilities_survive_extreme_logits():
 def test_finalize_member_terms_leave_the_class_outputs_bit_identical(monkeypatch, mode):
     import sys
 
-    monkeypatch.setattr(sys.modules[finalize_torch.__module__], "CHUNK_VOXELS", 300)  # several z-chunks
+    monkeypatch.setattr(sys.modules[finalize_torch.__module__], "CHUNK_BYTES", 4000)  # several z-chunks
     torch.manual_seed(1)
     acc = torch.randn(4, 9, 10, 11) * 3
     norms = [torch.rand(s) + 0.5 for s in acc.shape[1:]]

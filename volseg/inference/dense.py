@@ -97,6 +97,7 @@ class DenseAggregator:
         self.w = [gaussian_1d(p, self.sigma_scale, grid.device) for p in grid.patch]
         self.norms = [normalizer_1d(s, st, wi) for s, st, wi in zip(grid.shape, grid.starts, self.w)]
         self.weight = None if self.triton else patch_weight(*self.w)
+        self.weight_mean = None if self.triton else self.weight / grid.members  # for the member-mean logits
         zsz, ysz, xsz = grid.shape
         if self.row_wise:
             self.outs = self._alloc_cpu(grid.shape)
@@ -107,9 +108,11 @@ class DenseAggregator:
 
     def start_row(self, z: int) -> None:
         if self.row_wise and z > self.lo:  # slices lo..z-1 are complete: finalize and shift the buffer
-            self._emit(self.acc[:, :z - self.lo], self.lo)
-            keep = self.lo + self.grid.patch[0] - z
-            self.acc[:, :keep] = self.acc[:, z - self.lo:z - self.lo + keep].clone()
+            shift = z - self.lo
+            self._emit(self.acc[:, :shift], self.lo)
+            keep = self.grid.patch[0] - shift
+            for i in range(keep):  # slice by slice towards the front: no copy of the buffer
+                self.acc[:, i].copy_(self.acc[:, i + shift])
             self.acc[:, keep:] = 0
             self.lo = z
 
@@ -135,13 +138,13 @@ class DenseAggregator:
             tiles[:, :self.k] /= self.grid.members
             tiles[:, self.k] = eh
             tiles[:, self.k + 1] = mi
-        else:
-            tiles /= self.grid.members
         local = [(z - self.lo, y, x) for z, y, x in offsets]
         if self.triton:
+            if not self.terms:
+                tiles /= self.grid.members
             accumulate_triton(self.acc, tiles, local, *self.w)
-        else:
-            accumulate_torch(self.acc, tiles, local, self.weight)
+        else:  # the mean over members rides on the weight: one pass over the tiles
+            accumulate_torch(self.acc, tiles, local, self.weight if self.terms else self.weight_mean)
 
     def finish(self) -> SlidingWindowResult:
         if self.row_wise:
@@ -171,8 +174,10 @@ class DenseAggregator:
         return {f: getattr(res, f) for f in _FIELDS}
 
     def _emit(self, block: torch.Tensor, z0: int) -> None:
+        """Finalize the complete slices ``block`` (a view of the buffer, which they leave: it
+        may be normalized in place) into the outputs at ``z0``."""
         n = block.shape[1]
-        res = self._finalize(block.clone(), self.norms[0][z0:z0 + n])
+        res = self._finalize(block, self.norms[0][z0:z0 + n])
         if self.logits:
             self.outs["logits"][:, z0:z0 + n] = res.half().cpu()
             return

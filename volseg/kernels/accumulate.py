@@ -32,9 +32,8 @@ def accumulate_torch(acc: torch.Tensor, tiles: torch.Tensor, offsets: list[tuple
         weight: float32 (pz, py, px) patch weight (:func:`volseg.kernels.gaussian.patch_weight`).
     """
     pz, py, px = tiles.shape[2:]
-    weighted = tiles.float() * weight
-    for b, (z, y, x) in enumerate(offsets):
-        acc[:, z:z + pz, y:y + py, x:x + px] += weighted[b]
+    for b, (z, y, x) in enumerate(offsets):  # one fused pass per tile, no weighted copy
+        acc[:, z:z + pz, y:y + py, x:x + px].addcmul_(tiles[b], weight)
 
 
 def _kernel():
