@@ -58,7 +58,7 @@ def test_slab_peak_is_bounded_by_the_slab_and_flat_in_z(k):
     slab_bytes = 4 * k * (PATCH[0] + step) * YX[0] * YX[1]  # the float accumulator of the slab
     batch = 4 * 2 * (1 + k) * voxels  # a batch of 2 tiles in (1 channel) and out (K channels)
     weights = 2 * 4 * voxels  # the Gaussian patch weight, and the same divided by the members
-    argmax = 8 * step * YX[0] * YX[1]  # int64 labels of the slices finalized at once
+    argmax = (4 + 8) * step * YX[0] * YX[1]  # max values and int64 indices of the slices finalized at once
     peaks = {}
     for z in (96, 192):
         outputs = z * YX[0] * YX[1]  # uint8 labels
