@@ -20,6 +20,7 @@ from volseg.errors import VolsegError
 COMMANDS = (
     ("demo-data", "volseg.cli.demo_data"),
     ("import-luna16", "volseg.cli.import_luna16"),
+    ("import-nnunet", "volseg.cli.import_nnunet"),
     ("plan", "volseg.cli.plan"),
     ("train", "volseg.cli.train"),
     ("predict", "volseg.cli.predict"),
