@@ -223,10 +223,13 @@ def test_uncertainty_off_adds_no_channels_and_the_budget_counts_the_extra_ones()
     assert res.expected_entropy is None and res.mutual_information is None and res.max_prob is None
     voxels = 40 * 40 * 40
     budget = 4 * 4 * voxels  # between K = 3 and K + 2 = 5 fp32 channels
-    off = dense_aggregator(3, (40, 40, 40), (16, 16, 16), memory_budget_bytes=budget)
-    on = dense_aggregator(3, (40, 40, 40), (16, 16, 16), return_uncertainty=True, memory_budget_bytes=budget)
+    # less than two patches deep: the budget decides (at least two: slab mode on the CPU)
+    off = dense_aggregator(3, (40, 40, 40), (24, 16, 16), memory_budget_bytes=budget)
+    on = dense_aggregator(3, (40, 40, 40), (24, 16, 16), return_uncertainty=True, memory_budget_bytes=budget)
     assert not off.row_wise and on.row_wise
     assert off.channels == 3 and on.channels == 5
+    assert dense_aggregator(3, (40, 40, 40), (16, 16, 16)).row_wise
+    assert not dense_aggregator(3, (40, 40, 40), (16, 16, 16), return_logits=True).row_wise
 
 
 def test_wrong_channel_count_with_uncertainty():

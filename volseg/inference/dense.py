@@ -204,9 +204,11 @@ def dense_aggregator(num_classes: int, image_shape: Sequence[int], patch_size: S
                      return_logits: bool = False, slab: bool | None = None,
                      memory_budget_bytes: int | None = None) -> DenseAggregator:
     """A :class:`DenseAggregator` for an image of spatial ``image_shape`` (z, y, x), choosing the
-    backend ("auto": Triton on CUDA when installed) and slab mode (``None``: when the full fp32
-    accumulator over the padded image, K channels or K + 2 with ``return_uncertainty``, would exceed
-    ``memory_budget_bytes``, default 4 GiB)."""
+    backend ("auto": Triton on CUDA when installed) and slab mode (``None``: on the CPU whenever
+    the image is at least two patches deep and finalized outputs are asked for, since slab mode
+    is as fast there and holds a patch depth of slices instead of the volume; otherwise when the
+    full fp32 accumulator over the padded image, K channels or K + 2 with ``return_uncertainty``,
+    would exceed ``memory_budget_bytes``, default 4 GiB)."""
     from volseg.kernels.finalize import triton_available
 
     device = torch.device(device)
@@ -214,6 +216,10 @@ def dense_aggregator(num_classes: int, image_shape: Sequence[int], patch_size: S
     use_triton = backend == "triton" or (backend == "auto" and device.type == "cuda" and triton_available())
     budget = DEFAULT_MEMORY_BUDGET if memory_budget_bytes is None else memory_budget_bytes
     channels = num_classes + 2 if return_uncertainty else num_classes
-    use_slab = (4 * channels * padded[0] * padded[1] * padded[2] > budget) if slab is None else slab
+    if slab is None:
+        deep = padded[0] >= 2 * int(patch_size[0])
+        slab = (device.type == "cpu" and deep and not return_logits) or \
+            4 * channels * padded[0] * padded[1] * padded[2] > budget
+    use_slab = slab
     return DenseAggregator(num_classes, sigma_scale, use_triton, mode, return_probabilities, return_uncertainty,
                            return_logits, use_slab)

@@ -93,7 +93,7 @@ def finalize_torch(acc: torch.Tensor, nz: torch.Tensor, ny: torch.Tensor, nx: to
     out = allocate_outputs(k, (zs, ys, xs), acc.device, mode, return_probabilities, return_uncertainty, member_terms)
     labels_only = not (return_probabilities or return_uncertainty)
     inv_yx = (1.0 / (ny[:, None] * nx[None, :]))
-    per_slice = (8 if labels_only else 4 * k) * max(ys * xs, 1)  # int64 argmax, or K float channels
+    per_slice = (12 if labels_only else 4 * k) * max(ys * xs, 1)  # max values + int64 indices, or K floats
     step = max(1, CHUNK_BYTES // per_slice)
     for z0 in range(0, zs, step):
         z1 = min(zs, z0 + step)
