@@ -118,3 +118,14 @@ def print_versions(peer_python: Path | None, file: TextIO | None = None) -> dict
         print(f"warning: the comparison is across different torch builds (volseg {rep['volseg_torch']}, "
               f"{PEER_NAME} {rep['peer_torch']})", file=out, flush=True)
     return rep
+
+
+def peak_rss_mb() -> float:
+    """Peak resident set of this process so far, MB (``VmHWM`` of /proc/self/status; NaN elsewhere)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return float("nan")

@@ -36,7 +36,7 @@ import torch
 
 HERE = Path(__file__).resolve()
 sys.path.insert(0, str(HERE.parents[1]))  # benchmarks/
-from common import DEFAULT_PEER, cpu_flags, cpu_name, print_versions  # noqa: E402
+from common import DEFAULT_PEER, cpu_flags, cpu_name, peak_rss_mb, print_versions  # noqa: E402
 
 
 def build_network(classes: int, patch: list[int], kind: str = "unet") -> torch.nn.Module:
@@ -76,11 +76,6 @@ def _status_mb(key: str) -> float:
         if line.startswith(key):
             return int(line.split()[1]) / 1024
     return float("nan")
-
-
-def peak_rss_mb() -> float:
-    """Peak resident set of this process so far (MB)."""
-    return _status_mb("VmHWM:")
 
 
 def rss_mb() -> float:

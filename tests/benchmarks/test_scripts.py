@@ -12,7 +12,7 @@ ROOT = Path(__file__).resolve().parents[2]
 BENCHMARKS = ROOT / "benchmarks"
 SCRIPTS = ["change_vs_peers.py", "detection_vs_peers.py", "metrics_speed.py", "shift_detection.py",
            "conformal_coverage.py", "e2e_vs_nnunet.py", "plan_vs_nnunet.py", "train_throughput.py",
-           "inference/bench_sliding_window.py", "gpu/bench_gpu.py"]
+           "inference/bench_sliding_window.py", "inference/bench_runtime.py", "gpu/bench_gpu.py"]
 
 
 @pytest.mark.parametrize("script", SCRIPTS)

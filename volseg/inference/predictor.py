@@ -188,7 +188,6 @@ def predict_folder(inputs: list, out_dir: str | Path, model: LoadedModel, option
 
         cal_file = Path(options.calibration_file or Path(model.root) / "calibration.json")
         conformal = load_calibration(cal_file, model.plans.get("task", "segmentation"))
-    model, runtime = with_runtime(model, options, device)
     check = _shift_check(model, options)
     if check is None and options.shift_check:
         options = replace(options, shift_check=False)
@@ -198,6 +197,12 @@ def predict_folder(inputs: list, out_dir: str | Path, model: LoadedModel, option
 
         cases = shard_cases(all_cases, shard, model.config["spacing"])
     todo = [c for c in cases if not (resume and output_complete(model.task.done_file(out_dir, c.case_id, ending)))]
+    if todo:  # the inputs are known to be there before a network is exported or checked
+        model, runtime = with_runtime(model, options, device)
+    else:
+        from volseg.runtime import RuntimeChoice
+
+        runtime = RuntimeChoice(requested=options.runtime, requested_precision=options.precision)
     summary = {"model": str(model.root), "configuration": model.config_name, "folds": model.folds,
                "device": str(device), "tta": options.tta, "runtime": runtime.record(), "cases": {}}
     if shard is not None:
