@@ -35,3 +35,13 @@ def test_separable_normalizer_equals_summed_3d_weights():
 def test_gaussian_peaks_at_centre():
     g = gaussian_1d(9, 0.125)
     assert g[4] == 1.0 and g.argmax() == 4 and (g > 0).all()
+
+
+def test_gaussian_centre_middle_or_half_index():
+    even = gaussian_1d(8, 0.125)
+    assert torch.equal(even, even.flip(0)) and even[3] == even[4] < 1.0  # symmetric: the peak between 3 and 4
+    nn = gaussian_1d(8, 0.125, center="half_index")
+    assert nn[4] == 1.0 and nn.argmax() == 4 and torch.allclose(nn[1:], nn[1:].flip(0))  # voxel 4, as nnU-Net
+    assert torch.equal(gaussian_1d(9, 0.125, center="half_index"), gaussian_1d(9, 0.125))  # odd: the same
+    with pytest.raises(ValueError, match="unknown Gaussian centre"):
+        gaussian_1d(8, 0.125, center="left")

@@ -196,7 +196,7 @@ def build_plans(*, dataset_name: str, channel_names: dict, labels: dict, outputs
                      "best_checkpoint": "score_ema"},
         "augmentation": default_augmentation(patch, spacing, mirror),
         "inference": {"step_fraction": STEP_FRACTION, "gaussian_sigma_scale": GAUSSIAN_SIGMA_SCALE,
-                      "mirror_axes": mirror, "tile_batch": int(batch_size)},
+                      "gaussian_center": "half_index", "mirror_axes": mirror, "tile_batch": int(batch_size)},
     }
     if median_shape is not None:
         config["median_shape"] = [int(round(float(s))) for s in median_shape]

@@ -79,12 +79,14 @@ class DenseAggregator:
         return_logits: Keep the averaged logits instead of finalizing (no labels); with
             uncertainty, followed by the 2 member-term channels.
         slab: Slab mode (bounded memory, tiles row by row in z) instead of one full accumulator.
+        gaussian_center: Where the tile weights peak (:data:`volseg.kernels.gaussian.GAUSSIAN_CENTERS`).
     """
 
     def __init__(self, num_classes: int, sigma_scale: float = 0.125, use_triton: bool = False,
                  mode: str = "softmax", return_probabilities: bool = False, return_uncertainty: bool = False,
-                 return_logits: bool = False, slab: bool = False) -> None:
+                 return_logits: bool = False, slab: bool = False, gaussian_center: str = "middle") -> None:
         self.k, self.sigma_scale, self.triton, self.mode = num_classes, sigma_scale, use_triton, mode
+        self.gaussian_center = gaussian_center
         self.probs, self.unc, self.logits, self.row_wise = return_probabilities, return_uncertainty, return_logits, slab
         self.backend = "triton" if use_triton else "torch"
         self.terms = bool(return_uncertainty)  # member terms: 2 more channels after the K logits
@@ -94,7 +96,7 @@ class DenseAggregator:
 
     def setup(self, grid: TileGrid) -> None:
         self.grid = grid
-        self.w = [gaussian_1d(p, self.sigma_scale, grid.device) for p in grid.patch]
+        self.w = [gaussian_1d(p, self.sigma_scale, grid.device, self.gaussian_center) for p in grid.patch]
         self.norms = [normalizer_1d(s, st, wi) for s, st, wi in zip(grid.shape, grid.starts, self.w)]
         self.weight = None if self.triton else patch_weight(*self.w)
         self.weight_mean = None if self.triton else self.weight / grid.members  # for the member-mean logits
@@ -202,7 +204,7 @@ def dense_aggregator(num_classes: int, image_shape: Sequence[int], patch_size: S
                      sigma_scale: float = 0.125, backend: str = "auto", device: torch.device | str = "cpu",
                      mode: str = "softmax", return_probabilities: bool = False, return_uncertainty: bool = False,
                      return_logits: bool = False, slab: bool | None = None,
-                     memory_budget_bytes: int | None = None) -> DenseAggregator:
+                     memory_budget_bytes: int | None = None, gaussian_center: str = "middle") -> DenseAggregator:
     """A :class:`DenseAggregator` for an image of spatial ``image_shape`` (z, y, x), choosing the
     backend ("auto": Triton on CUDA when installed) and slab mode (``None``: on the CPU whenever
     the image is at least two patches deep and finalized outputs are asked for, since slab mode
@@ -222,4 +224,4 @@ def dense_aggregator(num_classes: int, image_shape: Sequence[int], patch_size: S
             4 * channels * padded[0] * padded[1] * padded[2] > budget
     use_slab = slab
     return DenseAggregator(num_classes, sigma_scale, use_triton, mode, return_probabilities, return_uncertainty,
-                           return_logits, use_slab)
+                           return_logits, use_slab, gaussian_center)

@@ -15,6 +15,10 @@ import math
 import torch
 
 MIN_WEIGHT = 1e-6  # per axis, relative to the centre: only guards against underflow (1e-18 at a corner)
+# where a tile's Gaussian peaks: "middle", (patch - 1) / 2, symmetric; "half_index", voxel
+# patch // 2, as nnU-Net v2 places it (half a voxel off the middle along even axes)
+GAUSSIAN_CENTERS = ("middle", "half_index")
+DEFAULT_GAUSSIAN_CENTER = "middle"
 
 
 def tile_starts(size: int, patch: int, step_fraction: float) -> list[int]:
@@ -33,10 +37,20 @@ def tile_starts(size: int, patch: int, step_fraction: float) -> list[int]:
     return [int(round(i * step)) for i in range(n)]
 
 
-def gaussian_1d(patch: int, sigma_scale: float, device: torch.device | str = "cpu") -> torch.Tensor:
-    """float32 (patch,) Gaussian centred on the tile, 1 at the centre, at least ``MIN_WEIGHT``."""
+def gaussian_1d(patch: int, sigma_scale: float, device: torch.device | str = "cpu",
+                center: str = DEFAULT_GAUSSIAN_CENTER) -> torch.Tensor:
+    """float32 (patch,) Gaussian centred on the tile (see :data:`GAUSSIAN_CENTERS`), 1 at the
+    centre, at least ``MIN_WEIGHT``.
+
+    Example:
+        >>> int(gaussian_1d(4, 0.125, center="half_index").argmax())
+        2
+    """
+    if center not in GAUSSIAN_CENTERS:
+        raise ValueError(f"unknown Gaussian centre {center!r}; expected one of {', '.join(GAUSSIAN_CENTERS)}")
     sigma = max(patch * sigma_scale, 1e-6)
-    coords = torch.arange(patch, dtype=torch.float64, device=device) - (patch - 1) / 2.0
+    middle = (patch - 1) / 2.0 if center == "middle" else float(patch // 2)
+    coords = torch.arange(patch, dtype=torch.float64, device=device) - middle
     g = torch.exp(-0.5 * (coords / sigma) ** 2)
     return g.clamp_min(MIN_WEIGHT).to(torch.float32)
 

@@ -210,6 +210,7 @@ def _configuration(spacing, median_shape, patch, batch, network, device, budget,
             "best_checkpoint": "score_ema",
         },
         "augmentation": default_augmentation([int(p) for p in patch], [float(s) for s in spacing], mirror_axes),
-        "inference": {"step_fraction": 0.5, "gaussian_sigma_scale": 0.125, "mirror_axes": mirror_axes,
+        "inference": {"step_fraction": 0.5, "gaussian_sigma_scale": 0.125, "gaussian_center": "middle",
+                      "mirror_axes": mirror_axes,
                       "tile_batch": int(batch)},
     }

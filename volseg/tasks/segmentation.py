@@ -188,7 +188,8 @@ class SegmentationTask:
                                 config["inference"]["gaussian_sigma_scale"], options.backend, device, self.mode,
                                 return_probabilities=want_probs and same_grid,
                                 return_uncertainty=options.uncertainty,
-                                return_logits=not same_grid, memory_budget_bytes=budget)
+                                return_logits=not same_grid, memory_budget_bytes=budget,
+                                gaussian_center=config["inference"].get("gaussian_center", "middle"))
 
     def restore(self, result, props: dict, geometry, options) -> CasePrediction:
         """Resample (when needed), finalize and un-crop the stitched result onto the input grid."""
