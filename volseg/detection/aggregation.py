@@ -177,6 +177,7 @@ class BoxAggregator:
         wbc_iou: IoU with a cluster's top box needed to join it, in (0, 1], in both WBC steps.
         max_detections: Fused boxes kept per case (highest scores); -1 keeps all.
         sigma_scale: σ of the tile weight as a fraction of the patch (as the dense stitching).
+        gaussian_center: Where the tile weight peaks (:data:`volseg.kernels.gaussian.GAUSSIAN_CENTERS`).
         dense: When given, receives ``output["seg"]`` of every ``add`` and every other call,
             so the segmentation head is stitched as by a segmentation model; its result is
             :attr:`BoxResult.dense`.
@@ -193,7 +194,8 @@ class BoxAggregator:
     def __init__(self, anchors_plan: dict, patch_size: Sequence[int], num_classes: int, num_anchors: int,
                  coder: BoxCoder | None = None, score_floor: float = 0.01, top_k_per_tile: int = 1000,
                  nms_iou: float = 0.5, wbc_iou: float = 0.2, max_detections: int = 100,
-                 sigma_scale: float = 0.125, dense: DenseAggregator | None = None) -> None:
+                 sigma_scale: float = 0.125, dense: DenseAggregator | None = None,
+                 gaussian_center: str = "middle") -> None:
         self.patch = tuple(int(p) for p in patch_size)
         self.anchors_cpu = anchor_boxes(self.patch, anchors_plan)   # validates the plan and the patch
         self.k = _check_count("num_classes", num_classes)
@@ -211,6 +213,7 @@ class BoxAggregator:
         if not (isinstance(sigma_scale, (int, float)) and math.isfinite(sigma_scale) and sigma_scale > 0):
             raise ValueError(f"sigma_scale: expected a positive fraction of the patch, found {sigma_scale!r}")
         self.sigma_scale = float(sigma_scale)
+        self.gaussian_center = gaussian_center
         self.dense = dense
         self.row_wise = bool(dense.row_wise) if dense is not None else False
         self._batch: dict[int, list[Detections]] = {}   # tile of the batch → its members' boxes
@@ -227,7 +230,7 @@ class BoxAggregator:
             raise ValueError(f"grid.patch: expected the aggregator's patch_size {self.patch}, found {tuple(grid.patch)}")
         self.grid = grid
         self.anchors = self.anchors_cpu.to(grid.device)
-        self.w = [gaussian_1d(p, self.sigma_scale, grid.device) for p in self.patch]
+        self.w = [gaussian_1d(p, self.sigma_scale, grid.device, self.gaussian_center) for p in self.patch]
         self._pad_lo = np.asarray([a for a, _ in grid.pads] * 2, dtype=np.float64)
         self._shape = [s - a - b for s, (a, b) in zip(grid.shape, grid.pads)]
         self._members = max(1, int(grid.members))

@@ -160,7 +160,8 @@ class DetectionTask(SegmentationTask):
         return BoxAggregator(config["detection"]["anchors"], config["patch_size"], self.num_classes,
                              config["network"]["num_anchors"], coder=BoxCoder(), score_floor=inf["score_floor"],
                              nms_iou=inf["nms_iou"], wbc_iou=inf["wbc_iou"], max_detections=inf["max_detections"],
-                             sigma_scale=config["inference"]["gaussian_sigma_scale"], dense=dense)
+                             sigma_scale=config["inference"]["gaussian_sigma_scale"], dense=dense,
+                             gaussian_center=config["inference"].get("gaussian_center", "middle"))
 
     def restore(self, result, props: dict, geometry, options) -> CasePrediction:
         """Boxes in voxels of the input image; the segmentation head's labels on the input grid."""
