@@ -39,6 +39,7 @@ class ForeignNetwork:
     """
 
     name = "foreign"
+    n_outputs = 0  # outputs of the export: the network's leaves, then its pooled features
 
     def __init__(self, spec: TreeSpec, batch: int) -> None:
         self.spec = spec
@@ -58,8 +59,6 @@ class ForeignNetwork:
         returns whether the export has them."""
         self._sink = sink
         return self.n_outputs > self.n_leaves
-
-    n_outputs = 0
 
     def eval(self) -> "ForeignNetwork":
         return self
