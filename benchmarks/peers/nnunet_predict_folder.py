@@ -15,12 +15,8 @@ from pathlib import Path
 import torch
 from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 
-
-def peak_mb() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/
+from common import peak_rss_mb  # noqa: E402  (standard library only; volseg is not imported)
 
 
 def main(trainer: str, images: str, out: str, tta: str, repeat: str) -> None:
@@ -34,7 +30,7 @@ def main(trainer: str, images: str, out: str, tta: str, repeat: str) -> None:
         t0 = time.perf_counter()
         predictor.predict_from_files_sequential(images, out, save_probabilities=False, overwrite=True)
         runs.append(time.perf_counter() - t0)
-    print(json.dumps({"total": min(runs), "runs": runs, "peak_mb": peak_mb(), "torch_threads": torch.get_num_threads()}))
+    print(json.dumps({"total": min(runs), "runs": runs, "peak_mb": peak_rss_mb(), "torch_threads": torch.get_num_threads()}))
 
 
 if __name__ == "__main__":

@@ -148,7 +148,8 @@ def train(plan_dir: str | os.PathLike, model_dir: str | os.PathLike | None = Non
     model_dir = Path(model_dir) if model_dir else plan_dir / "models" / config_name
     fold = str(fold)
     train_ids, val_ids, new_splits = fold_split(model_dir / "splits.json", case_ids, fold)
-    check_same_on_every_rank(ctx, inputs_digests(plan_dir, plans, config_name, train_ids, val_ids), plan_dir)
+    if ctx.distributed:  # one process has nothing to compare: no folder listing, no plan digest
+        check_same_on_every_rank(ctx, inputs_digests(plan_dir, plans, config_name, train_ids, val_ids), plan_dir)
     if ctx.is_main:  # the fold is known to exist before anything is written
         remove_stale_temps(model_dir, recursive=True)
         prepare_model_folder(model_dir, plan_dir, plans, config_name)
