@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from volseg.detection.boxes import Array, check_boxes, to_numpy
-from volseg.evaluation.detection import box_iou_3d
+from volseg.detection.greedy import greedy_clusters
 
 
 @dataclass(frozen=True)
@@ -119,7 +119,8 @@ def nms(boxes: Array, scores: Array, iou_threshold: float, labels: Array | None 
     return keep_all if max_boxes < 0 else keep_all[:max_boxes]
 
 
-def weighted_box_clustering(detections: Detections, iou_threshold: float = 0.5, expected: int = 1) -> Detections:
+def weighted_box_clustering(detections: Detections, iou_threshold: float = 0.5, expected: int = 1,
+                            top: int = -1) -> Detections:
     """Weighted box clustering (WBC), class by class.
 
     Repeatedly, the highest-scoring unclustered box and every unclustered box of its class
@@ -139,6 +140,11 @@ def weighted_box_clustering(detections: Detections, iou_threshold: float = 0.5, 
             volume coordinates, mirrors flipped back).
         iou_threshold: IoU with the cluster's top box needed to join it, in (0, 1].
         expected: Predictions expected per object (e.g. models × mirrors); >= 1.
+        top: When >= 1, only the clusters that can be among the ``top`` highest fused scores
+            of their class are formed: clustering stops once no later cluster can reach them
+            (a fused score never exceeds its top box's). The ``top`` highest of the result are
+            those of the full clustering, so a later selection of at most ``top`` boxes is
+            unchanged. -1 (default) forms every cluster.
 
     Returns:
         One detection per cluster, highest score first.
@@ -153,35 +159,34 @@ def weighted_box_clustering(detections: Detections, iou_threshold: float = 0.5, 
         raise ValueError(f"iou_threshold: expected a value in (0, 1], got {iou_threshold}")
     if expected < 1:
         raise ValueError(f"expected: expected at least 1 prediction per object, got {expected}")
+    if not isinstance(top, int) or isinstance(top, bool) or not (top >= 1 or top == -1):
+        raise ValueError(f"top: expected an integer >= 1 or -1 (all clusters), got {top!r}")
     parts = []
     for c in np.unique(detections.labels):
         part = detections.take(np.flatnonzero(detections.labels == c))
-        boxes, scores, weights = _wbc_one_class(part.boxes, part.scores, part.weights, iou_threshold, expected)
+        boxes, scores, weights = _wbc_one_class(part.boxes, part.scores, part.weights, iou_threshold, expected, top)
         parts.append(Detections(boxes, scores, np.full(len(scores), c, np.int64), weights))
     fused = concat_detections(parts)
     return fused.take(np.argsort(-fused.scores, kind="stable"))
 
 
 def _wbc_one_class(boxes: np.ndarray, scores: np.ndarray, weights: np.ndarray, iou_threshold: float,
-                   expected: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                   expected: int, top: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """WBC of one class: (M, 6) boxes, (M,) scores, (M,) summed weights, in cluster order."""
     order = np.argsort(-scores, kind="stable")
     b, s, w = boxes[order], scores[order], weights[order]
-    free = np.ones(len(b), dtype=bool)
     out_boxes, out_scores, out_weights = [], [], []
-    while free.any():
-        idx = np.flatnonzero(free)
-        top = idx[0]
-        # numpy IoU: asked once per cluster, thousands of times per case, where MONAI's per-call cost dominates
-        members = idx[box_iou_3d(b[top:top + 1], b[idx])[0] >= iou_threshold]
-        members = np.union1d(members, [top])   # a zero-volume top box still forms its own cluster
-        free[members] = False
+
+    def fuse(members: np.ndarray) -> float:
         ms, mw = s[members], w[members]
         coord_w = ms * mw if (ms * mw).sum() > 0 else mw
         out_boxes.append((coord_w[:, None] * b[members]).sum(axis=0) / coord_w.sum())
         missing = max(0, expected - len(members))
         out_scores.append(float((mw * ms).sum() / (mw.sum() + missing * mw.mean())))
         out_weights.append(float(mw.sum()))
+        return out_scores[-1]
+
+    greedy_clusters(b, s, iou_threshold, fuse, top)
     return np.asarray(out_boxes).reshape(-1, 6), np.asarray(out_scores), np.asarray(out_weights)
 
 
