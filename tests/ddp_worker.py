@@ -5,7 +5,10 @@ import os
 import torch
 
 
-def ddp_worker(rank: int, world: int, port: int, plan_dir: str, out: str) -> None:
+def ddp_worker(rank: int, world: int, port: int, plan_dir: str, out: str, epochs: int = 1, iterations: int = 3,
+               seed: int | None = None) -> None:
+    """Train fold 0 as rank ``rank``; writes ``OUT/rankR.pt``: its final weights and, per epoch,
+    its own training loss and the validation loss and score reduced over the ranks."""
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
                       LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
@@ -18,11 +21,14 @@ def ddp_worker(rank: int, world: int, port: int, plan_dir: str, out: str) -> Non
     def spy(parts, *args, **kwargs):
         state = original(parts, *args, **kwargs)
         captured["weights"] = {k: v.detach().clone() for k, v in trainer._raw(parts.network).state_dict().items()}
+        captured["history"] = [{k: r[k] for k in ("train_loss", "val_loss", "score", "score_ema", "detection_f1")
+                                if k in r} for r in state.history]
         return state
 
     run_mod.run_training = spy
-    run_mod.train(plan_dir, out, fold=0, epochs=1, iterations=3, progress=False, device="cpu")
-    torch.save(captured["weights"], f"{out}/rank{rank}.pt")
+    kw = {} if seed is None else {"seed": seed}
+    run_mod.train(plan_dir, out, fold=0, epochs=epochs, iterations=iterations, progress=False, device="cpu", **kw)
+    torch.save({"weights": captured["weights"], "history": captured["history"]}, f"{out}/rank{rank}.pt")
 
 
 def ddp_mismatch_worker(rank: int, world: int, port: int, plan_dirs: list, out: str) -> None:

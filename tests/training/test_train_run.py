@@ -2,6 +2,7 @@ import json
 import socket
 
 import pytest
+from killed_run import train_killed_after_second_epoch
 import torch
 import torch.multiprocessing as mp
 from ddp_worker import ddp_worker
@@ -117,8 +118,8 @@ def test_ddp_two_cpu_ranks_stay_in_sync(tiny_plan, tmp_path):
     out = tmp_path / "ddp"
     out.mkdir()
     mp.spawn(ddp_worker, args=(2, _free_port(), str(tiny_plan), str(out)), nprocs=2, join=True)
-    w0 = torch.load(out / "rank0.pt", weights_only=True)
-    w1 = torch.load(out / "rank1.pt", weights_only=True)
+    w0 = torch.load(out / "rank0.pt", weights_only=True)["weights"]
+    w1 = torch.load(out / "rank1.pt", weights_only=True)["weights"]
     saved = _weights(out / "fold_0" / "checkpoint_final.pt")
     assert all(torch.equal(w0[k], w1[k]) for k in w0)
     assert all(torch.equal(w0[k], saved[k]) for k in w0)  # rank 0 wrote what both hold
@@ -133,30 +134,15 @@ def test_non_positive_schedule_overrides_are_refused(tiny_plan, tmp_path, kwargs
         train_only(tiny_plan, tmp_path / "m", fold=0, progress=False, **kwargs)
 
 
-class _Killed(Exception):
-    pass
-
 
 @pytest.mark.parametrize("workers", [0, 2])
 def test_killed_and_resumed_run_gives_the_uninterrupted_weights(tiny_plan, tmp_path, monkeypatch, workers):
     """A run stopped right after its second epoch's checkpoint and resumed ends bit-identical."""
-    import volseg.training.trainer as trainer
     from volseg.training.run import train as train_only
 
     kw = dict(fold=0, epochs=3, iterations=2, progress=False, num_workers=workers, seed=11)
     whole = train_only(tiny_plan, tmp_path / "whole", **kw).fold_dir
-    plot, calls = trainer.plot_progress, []
-
-    def killed_after_second_epoch(records, path):
-        calls.append(len(records))
-        if len(records) == 2:
-            raise _Killed  # checkpoint_latest.pt of epoch 2 is on disk, nothing after it
-        plot(records, path)
-
-    monkeypatch.setattr(trainer, "plot_progress", killed_after_second_epoch)
-    with pytest.raises(_Killed):
-        train_only(tiny_plan, tmp_path / "cut", **kw)
-    monkeypatch.setattr(trainer, "plot_progress", plot)
+    train_killed_after_second_epoch(monkeypatch, train_only, tiny_plan, tmp_path / "cut", **kw)
     resumed = train_only(tiny_plan, tmp_path / "cut", resume_training=True, **kw).fold_dir
     assert load_checkpoint(resumed / "checkpoint_latest.pt")["epoch"] == 3
     a, b = _weights(whole / "checkpoint_final.pt"), _weights(resumed / "checkpoint_final.pt")
