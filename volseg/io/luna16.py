@@ -15,126 +15,37 @@ findings are imported as negatives. docs/formats.md describes every file. Case i
 the seriesuids when all are safe file names (letters, digits, ``.``, ``_``, ``-``; LUNA16's
 dotted uids are), so LUNA16 tables match predictions as they are; otherwise ``case_0000``,
 ``case_0001``, … in seriesuid order.
+
+This module finds the scans, chooses the case ids and writes the dataset; reading the CSVs is
+in :mod:`volseg.io.luna16_csv`, drawing a scan's instance map in :mod:`volseg.io.luna16_labels`,
+and their public names are importable from here too.
 """
 
 from __future__ import annotations
 
 import csv
 import logging
-import math
 import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
-
-import numpy as np
+from typing import Iterable
 
 from volseg.errors import DatasetError
 from volseg.io.atomic import atomic_path, write_json, write_text
-from volseg.io.nifti import Geometry, read_geometry, read_image, write_image
-from volseg.io.world import centre_voxels, draw_spheres, world_to_voxel
+from volseg.io.luna16_csv import COLUMNS, EXCLUDED_DEFAULT_DIAMETER_MM, Finding, read_annotations
+from volseg.io.luna16_labels import check_findings, label_case
+from volseg.io.nifti import read_geometry, read_image, write_image
+
+__all__ = ["CASE_ID_MODES", "COLUMNS", "EXCLUDED_DEFAULT_DIAMETER_MM", "IMAGE_ENDINGS", "MARKER", "Finding",
+           "assign_case_ids", "check_findings", "find_images", "import_luna16", "label_case", "read_annotations"]
 
 log = logging.getLogger(__name__)
 
-COLUMNS = ("seriesuid", "coordX", "coordY", "coordZ", "diameter_mm")
 IMAGE_ENDINGS = (".nii.gz", ".nii", ".mhd", ".mha")
-EXCLUDED_DEFAULT_DIAMETER_MM = 10.0
 CASE_ID_MODES = ("auto", "seriesuid", "index")
 MARKER = ".volseg-import-luna16"
 _SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-
-
-@dataclass(frozen=True)
-class Finding:
-    """One row of an annotations CSV.
-
-    Attributes:
-        seriesuid: The scan it belongs to.
-        centre_xyz: World centre (x, y, z) in mm.
-        diameter_mm: Diameter in mm (for excluded rows, a negative value is already replaced).
-        path: The CSV file.
-        line: Its line number in ``path`` (the header is line 1).
-        fields: The row's original text, in :data:`COLUMNS` order.
-    """
-
-    seriesuid: str
-    centre_xyz: tuple[float, float, float]
-    diameter_mm: float
-    path: Path
-    line: int
-    fields: tuple[str, ...]
-
-    def where(self) -> str:
-        return f"line {self.line} (seriesuid {self.seriesuid})"
-
-
-def read_annotations(path: str | os.PathLike, excluded: bool = False) -> list[Finding]:
-    """Read a LUNA16-style annotations CSV.
-
-    Args:
-        path: CSV with exactly the columns of :data:`COLUMNS` (any order).
-        excluded: Rows are excluded findings: a negative diameter means unknown and becomes
-            :data:`EXCLUDED_DEFAULT_DIAMETER_MM` (otherwise a negative diameter is an error).
-
-    Returns:
-        The rows in file order; blank lines are skipped.
-
-    Raises:
-        DatasetError: File missing or empty, a column missing, extra or repeated, a row with
-            the wrong number of fields, an empty seriesuid, a non-numeric or non-finite number,
-            or a negative diameter.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise DatasetError(path, "file not found")
-    with open(path, encoding="utf-8-sig", newline="") as f:
-        reader = csv.reader(f)
-        header = [h.strip() for h in next(reader, [])]
-        _check_header(path, header)
-        order = [header.index(c) for c in COLUMNS]
-        rows = []
-        for fields in reader:
-            if not any(v.strip() for v in fields):
-                continue
-            if len(fields) != len(header):
-                raise DatasetError(path, f"line {reader.line_num}: expected {len(header)} fields, got {len(fields)}")
-            fields = tuple(fields[i].strip() for i in order)
-            rows.append(_finding(path, reader.line_num, fields, excluded))
-    return rows
-
-
-def _check_header(path: Path, header: list[str]) -> None:
-    want = ", ".join(COLUMNS)
-    if not any(header):
-        raise DatasetError(path, f"empty file, expected the header {want}")
-    missing = [c for c in COLUMNS if c not in header]
-    extra = [c for c in header if c not in COLUMNS]
-    repeated = sorted({c for c in header if header.count(c) > 1})
-    for what, names in (("missing", missing), ("unexpected", extra), ("repeated", repeated)):
-        if names:
-            raise DatasetError(path, f"line 1: {what} column(s) {', '.join(map(repr, names))}; expected {want}")
-
-
-def _finding(path: Path, line: int, fields: tuple[str, ...], excluded: bool) -> Finding:
-    uid = fields[0]
-    if not uid:
-        raise DatasetError(path, f"line {line}: empty seriesuid")
-    values = []
-    for name, text in zip(COLUMNS[1:], fields[1:]):
-        try:
-            v = float(text)
-        except ValueError:
-            v = math.nan
-        if not math.isfinite(v):
-            raise DatasetError(path, f"line {line} (seriesuid {uid}): {name} is {text!r}, expected a finite number")
-        values.append(v)
-    diameter = values[3]
-    if diameter < 0:
-        if not excluded:
-            raise DatasetError(path, f"line {line} (seriesuid {uid}): diameter_mm is {fields[4]}, expected >= 0")
-        diameter = EXCLUDED_DEFAULT_DIAMETER_MM
-    return Finding(uid, (values[0], values[1], values[2]), diameter, path, line, fields)
 
 
 def find_images(folder: str | os.PathLike) -> dict[str, Path]:
@@ -181,56 +92,6 @@ def assign_case_ids(seriesuids: Iterable[str], mode: str = "auto") -> dict[str, 
     if mode == "index" or (mode == "auto" and unsafe):
         return {u: f"case_{i:04d}" for i, u in enumerate(uids)}
     return {u: u for u in uids}
-
-
-def label_case(geometry: Geometry, findings: Sequence[Finding], excluded: Sequence[Finding] = (),
-               image_name: str = "image") -> tuple[np.ndarray, list[int], list[int | None]]:
-    """The instance map of one scan.
-
-    Findings get ids ``1..n`` in row order; excluded findings are drawn where no finding is
-    and get the next ids, in row order, when at least one of their voxels remains.
-
-    Returns:
-        ``(label, ignore_ids, excluded_ids)``: int16 (Z, Y, X) instance map, the ids of the
-        drawn excluded findings, and per excluded row its id (``None`` when fully covered).
-
-    Raises:
-        DatasetError: A centre lies outside the image, or two findings share a centre voxel.
-    """
-    check_findings(geometry, findings, excluded, image_name)
-    label = draw_spheres([f.centre_xyz for f in findings], [f.diameter_mm for f in findings], geometry)
-    if not excluded:
-        return label, [], []
-    extra = draw_spheres([f.centre_xyz for f in excluded], [f.diameter_mm for f in excluded], geometry)
-    free = (label == 0) & (extra > 0)
-    kept = np.unique(extra[free])
-    lut = np.zeros(len(excluded) + 1, np.int16)
-    lut[kept] = len(findings) + 1 + np.arange(len(kept))
-    label[free] = lut[extra[free]]
-    return label, [int(v) for v in lut[kept]], [int(v) or None for v in lut[1:]]
-
-
-def check_findings(geometry: Geometry, findings: Sequence[Finding], excluded: Sequence[Finding] = (),
-                   image_name: str = "image") -> None:
-    """Raise a :class:`DatasetError` naming the first row (in file order) whose centre lies outside
-    the grid, or the first finding whose centre voxel another finding of the scan already holds."""
-    for f in sorted((*findings, *excluded), key=lambda f: (str(f.path), f.line)):
-        _check_inside(geometry, f, image_name)
-    voxels = [tuple(int(i) for i in v) for v in centre_voxels([f.centre_xyz for f in findings], geometry)]
-    for i, v in enumerate(voxels):
-        if v in voxels[:i]:
-            j = voxels.index(v)
-            raise DatasetError(findings[i].path, f"{findings[i].where()}: centre falls in the same voxel {v} of "
-                               f"{image_name} as line {findings[j].line}; remove the duplicate row")
-
-
-def _check_inside(geometry: Geometry, f: Finding, image_name: str) -> None:
-    v = centre_voxels(f.centre_xyz, geometry)[0]
-    if ((v < 0) | (v >= geometry.shape)).any():
-        idx = np.round(world_to_voxel(f.centre_xyz, geometry), 2)
-        x, y, z = f.centre_xyz
-        raise DatasetError(f.path, f"{f.where()}: centre ({x:g}, {y:g}, {z:g}) mm lies outside its image "
-                           f"{image_name} (voxel (z, y, x) {tuple(float(i) for i in idx)}, shape {tuple(geometry.shape)})")
 
 
 def import_luna16(annotations: str | os.PathLike, images: str | os.PathLike, out: str | os.PathLike,
