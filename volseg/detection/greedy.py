@@ -46,12 +46,17 @@ def iou_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def iou_matrix(boxes: np.ndarray) -> np.ndarray:
-    """float64 (N, N) IoU of every pair of (N, 6) valid boxes, filled in row blocks."""
+    """float64 (N, N) IoU of (N, 6) valid boxes, for every pair ``i <= j``, filled in row blocks.
+
+    Each block of rows is computed against the columns from its first row on, so the upper
+    triangle is complete and most of the lower one is 0: both greedy loops visit the boxes in
+    order and compare box ``i`` only with later ones.
+    """
     n = len(boxes)
-    out = np.empty((n, n), dtype=np.float64)
+    out = np.zeros((n, n), dtype=np.float64)
     step = max(1, BLOCK_PAIRS // max(n, 1))
     for i in range(0, n, step):
-        out[i:i + step] = iou_rows(boxes[i:i + step], boxes)
+        out[i:i + step, i:] = iou_rows(boxes[i:i + step], boxes[i:])
     return out
 
 
