@@ -53,6 +53,10 @@ def test_plan_holds_anchors_levels_and_a_retina_unet(lung_plan):
     assert len(det["anchors"]["levels"]) == len(net["detection_levels"])
     assert 0.3 < det["anchors"]["mean_best_iou"] <= 1.0
     assert cfg["training"]["loss"]["ignore_label"] == -1
+    # light heads on the CPU only; the GPU configuration keeps two tower convs of at least 32 channels
+    assert (net["head_channels"], net["head_convs"]) == (16, 1)
+    full = plans["configurations"]["3d_fullres"]["network"]
+    assert full["head_convs"] == 2 and full["head_channels"] >= 32
 
 
 def test_train_and_predict_write_boxes_candidates_and_froc(lung_plan, tmp_path):
