@@ -174,11 +174,16 @@ def run_lung(args, out: Path, timings: dict) -> dict:
         note_learned_nothing(fold_dir)
     with stage("lung: calibrate", timings):  # missed nodules per scan, on the held-out fold's candidates
         cal = calibrate(fold_dir.parent, "box_fnr", args.alpha)
+    sweep = json.loads((fold_dir.parent / "detection_sweep.json").read_text())
+    # the plain boxes hold every box of the calibrated threshold when the sweep keeps all sizes and
+    # a threshold at most the calibrated one: the calibrated set is then scored on them, with no
+    # second prediction (``volseg predict --calibrated`` would write exactly those boxes)
+    superset = cal is not None and sweep["min_size_mm"] == 0 and sweep["score_threshold"] <= cal["thresholds"]["all"]
+    calibrated = out / ("predictions_lung" if superset else "predictions_lung_calibrated")
     with stage("lung: predict", timings):
         volseg.predict([data / "imagesTs"], out / "predictions_lung", fold_dir.parent)
-        if cal is not None:
-            volseg.predict([data / "imagesTs"], out / "predictions_lung_calibrated", fold_dir.parent,
-                           calibrated=True)
+        if cal is not None and not superset:
+            volseg.predict([data / "imagesTs"], calibrated, fold_dir.parent, calibrated=True)
     with stage("lung: evaluate", timings):
         summary = evaluate_detection_csv(out / "predictions_lung" / "candidates.csv", data / "annotationsTs.csv",
                                          out / "evaluation_lung", scans=data / "scansTs.txt")
@@ -186,12 +191,11 @@ def run_lung(args, out: Path, timings: dict) -> dict:
         if cal is None:
             return summary
         annotations = data / "annotationsTs.csv"
-        cal["test"] = assess_calibration(fold_dir.parent, cal, out / "predictions_lung_calibrated", annotations)
+        cal["test"] = assess_calibration(fold_dir.parent, cal, calibrated, annotations)
         # the plain boxes are those scoring at least the detection sweep's threshold
-        sweep = json.loads((fold_dir.parent / "detection_sweep.json").read_text())["score_threshold"]
-        plain = assess_calibration(fold_dir.parent, {**cal, "thresholds": {"all": sweep}}, out / "predictions_lung",
-                                   annotations)
-        cal["test"]["naive"] = {"threshold": sweep, "empirical_risk": plain["empirical_risk"],
+        plain = assess_calibration(fold_dir.parent, {**cal, "thresholds": {"all": sweep["score_threshold"]}},
+                                   out / "predictions_lung", annotations)
+        cal["test"]["naive"] = {"threshold": sweep["score_threshold"], "empirical_risk": plain["empirical_risk"],
                                 "fp_per_case": plain["fp_per_case"]}
         summary["calibration"] = cal
         return summary
