@@ -2,8 +2,8 @@
 
 Both fusions visit the boxes in score order and compare the current box with every later
 (or every still free) box. Asking for one IoU row per visited box costs one numpy call of
-O(N) per box, thousands of times per case. Here the IoUs of a set are computed once, as an
-(N, N) matrix in row blocks (at most :data:`DENSE_MAX` boxes; larger sets fall back to one
+O(N) per box, thousands of times per case. Here the IoUs of a set are computed once, as the
+upper triangle of an (N, N) matrix in row blocks (at most :data:`DENSE_MAX` boxes; larger sets fall back to one
 row at a time), and the loop only reads rows of it. The arithmetic per pair is that of
 :func:`~volseg.evaluation.detection.box_iou_3d`, so every decision and every fused value is
 the one the row-at-a-time loop gives, bit for bit.
@@ -20,7 +20,8 @@ import numpy as np
 
 # Largest set whose (N, N) IoU matrix is held at once (float64: 128 MiB at 4096).
 DENSE_MAX = 4096
-# Pairs per block while filling the matrix (bounds each (rows, N) temporary to 8 MiB).
+# Pairs per block while filling the matrix: each (rows, N) float64 temporary holds 512 KiB,
+# which stays in cache.
 BLOCK_PAIRS = 2 ** 16
 
 __all__ = ["DENSE_MAX", "iou_rows", "iou_matrix", "greedy_nms", "greedy_clusters"]
@@ -90,8 +91,8 @@ def greedy_nms(boxes: np.ndarray, labels: np.ndarray, iou_threshold: float) -> n
 
 
 def greedy_clusters(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float,
-                    fuse: Callable[[np.ndarray], float], top: int = -1) -> list[np.ndarray]:
-    """The clusters of weighted box clustering over one class's boxes sorted by descending score.
+                    fuse: Callable[[np.ndarray], float], top: int = -1) -> None:
+    """Form the clusters of weighted box clustering over one class's boxes sorted by descending score.
 
     Repeatedly the first free box and every free box with IoU >= ``iou_threshold`` with it
     form a cluster (the first box always belongs to its own cluster, even with zero volume).
@@ -100,20 +101,17 @@ def greedy_clusters(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float,
         boxes: float64 (N, 6) valid boxes, highest score first.
         scores: (N,) their scores, descending.
         iou_threshold: IoU with the cluster's first box needed to join it.
-        fuse: Called with each cluster's member indices as it is formed; returns the
-            cluster's fused score, which must not exceed the score of its first box.
+        fuse: Called with each cluster's member indices (int64, ascending) as it is formed,
+            in cluster order; returns the cluster's fused score, which must not exceed the
+            score of its first box.
         top: When >= 1, stop once ``top`` clusters are formed and the next free box scores
             below the ``top``-th highest fused score so far: no later cluster can then be
             among the ``top`` highest (a fused score never exceeds its first box's). -1 forms
             every cluster.
-
-    Returns:
-        The clusters in order, each an int64 array of member indices, ascending.
     """
     n = len(boxes)
     dense = iou_matrix(boxes) if n <= DENSE_MAX else None
     free = np.ones(n, dtype=bool)
-    clusters: list[np.ndarray] = []
     best: list[float] = []           # min-heap of the ``top`` highest fused scores so far
     i = 0
     while i < n:
@@ -130,7 +128,6 @@ def greedy_clusters(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float,
         if len(members) == 0 or members[0] != i:
             members = np.union1d(members, [i])
         free[members] = False
-        clusters.append(members)
         fused = float(fuse(members))
         if top >= 1:
             if len(best) < top:
@@ -138,4 +135,3 @@ def greedy_clusters(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float,
             elif fused > best[0]:
                 heapq.heapreplace(best, fused)
         i += 1
-    return clusters
