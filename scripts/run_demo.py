@@ -175,10 +175,13 @@ def run_lung(args, out: Path, timings: dict) -> dict:
     with stage("lung: calibrate", timings):  # missed nodules per scan, on the held-out fold's candidates
         cal = calibrate(fold_dir.parent, "box_fnr", args.alpha)
     sweep = json.loads((fold_dir.parent / "detection_sweep.json").read_text())
-    # the plain boxes hold every box of the calibrated threshold when the sweep keeps all sizes and
-    # a threshold at most the calibrated one: the calibrated set is then scored on them, with no
-    # second prediction (``volseg predict --calibrated`` would write exactly those boxes)
-    superset = cal is not None and sweep["min_size_mm"] == 0 and sweep["score_threshold"] <= cal["thresholds"]["all"]
+    # the plain boxes hold every box of the calibrated threshold when the sweep kept the IoU thresholds
+    # the held-out boxes were fused with (those of ``--calibrated``), all sizes and a threshold at most
+    # the calibrated one: the calibrated set is then scored on them, with no second prediction
+    # (``volseg predict --calibrated`` would write exactly those boxes)
+    same_fusion = all(sweep.get(k, v) == v for k, v in sweep.get("predicted_with", {}).items())
+    superset = (cal is not None and same_fusion and sweep["min_size_mm"] == 0
+                and sweep["score_threshold"] <= cal["thresholds"]["all"])
     calibrated = out / ("predictions_lung" if superset else "predictions_lung_calibrated")
     with stage("lung: predict", timings):
         volseg.predict([data / "imagesTs"], out / "predictions_lung", fold_dir.parent)

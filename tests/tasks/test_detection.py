@@ -70,7 +70,19 @@ def test_train_and_predict_write_boxes_candidates_and_froc(lung_plan, tmp_path):
     assert all(np.isfinite(v) for v in record["loss_terms"].values())
     summary = json.loads((fold / "validation" / "evaluation" / "summary.json").read_text())
     assert "cpm" in summary and (fold / "validation" / "reference" / "annotations.csv").is_file()
-    assert (tmp_path / "model" / "detection_sweep.json").is_file()
+    sweep = json.loads((tmp_path / "model" / "detection_sweep.json").read_text())
+    # the held-out cases recorded their candidates, and the sweep replayed the IoU grid on them
+    held_out = sorted(p.name[:-len("_boxes.json")] for p in (fold / "validation").glob("*_boxes.json"))
+    assert held_out and all((fold / "validation" / f"{c}_candidates.npz").is_file() for c in held_out)
+    inf = load_plans(lung_plan / "plan" / "plans.json")["configurations"]["3d_cpu"]["detection"]["inference"]
+    assert sweep["predicted_with"] == {"nms_iou": inf["nms_iou"], "wbc_iou": inf["wbc_iou"]}
+    assert sweep["nms_iou"] in sweep["grid"]["nms_iou"] and sweep["wbc_iou"] in sweep["grid"]["wbc_iou"]
+    # one threshold at a time: every NMS IoU at the plan's WBC IoU, then every WBC IoU at the best NMS IoU
+    tried = [(row["nms_iou"], row["wbc_iou"]) for row in sweep["table"]]
+    nms_stage = [(n, inf["wbc_iou"]) for n in sweep["grid"]["nms_iou"]]
+    assert tried[:3] == nms_stage and len(tried) == 3 + len(sweep["grid"]["wbc_iou"]) - 1
+    assert all(n == sweep["nms_iou"] for n, _ in tried[3:])
+    assert sweep["cpm"] == max(row["cpm"] for row in sweep["table"])
 
     out = tmp_path / "pred"
     volseg.predict([lung_plan / "data" / "imagesTs"], out, tmp_path / "model", progress=False)
@@ -107,3 +119,25 @@ def _box_calibration_round_trip(lung_plan, model, tmp_path):
                    calibration_file=str(model / "calibration.json"))
     boxes = json.loads((out / "lung_004_boxes.json").read_text())["boxes"]
     assert all(b["score"] >= 0.20 for b in boxes)
+
+
+def test_aggregator_takes_the_swept_ious_only_when_post_processing(lung_plan):
+    """The sweep's NMS / WBC IoU in a plain prediction; the plan's for the held-out fold (no
+    post-processing) and for --calibrated, whose threshold was calibrated on boxes fused with them."""
+    from volseg.inference.predictor import PredictOptions
+    from volseg.tasks import make_task
+
+    plans = load_plans(lung_plan / "plan" / "plans.json")
+    cfg = plans["configurations"]["3d_cpu"]
+    task = make_task(plans)
+    task.prepare(cfg)
+    props = {"shape_after_resampling": [32, 64, 64], "shape_after_crop": [32, 64, 64]}
+    cal = {"detection_sweep": {"nms_iou": 0.3, "wbc_iou": 0.4, "score_threshold": 0.1, "min_size_mm": 0.0}}
+    inf = cfg["detection"]["inference"]
+    cpu = torch.device("cpu")
+    agg = task.aggregator(cfg, props, PredictOptions(), cpu, cal)
+    assert (agg.nms_iou, agg.wbc_iou, agg.record) == (0.3, 0.4, False)
+    for opts in (PredictOptions(postprocess=False), PredictOptions(calibrated=True), PredictOptions()):
+        agg = task.aggregator(cfg, props, opts, cpu, cal if opts.postprocess is False or opts.calibrated else {})
+        assert (agg.nms_iou, agg.wbc_iou) == (inf["nms_iou"], inf["wbc_iou"])
+    assert task.aggregator(cfg, props, PredictOptions(**task.validation_options()), cpu, cal).record

@@ -30,7 +30,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
                         "(mean entropy of the ensemble members, aleatoric) and maps/CASE_mutual_information (where "
                         "folds and mirrors disagree, epistemic), in nats, and each case's mean uncertainty in "
                         "summary.json")
-    p.add_argument("--no-postprocessing", action="store_true", help="skip the model's connected-component rules")
+    p.add_argument("--no-postprocessing", action="store_true", help="skip the rules fitted on the held-out fold: connected-component rules; for detection, the sweep's IoU thresholds, score threshold and minimum size")
     p.add_argument("--calibrated", action="store_true",
                    help="threshold at the calibrated value of MODEL/calibration.json (volseg calibrate) instead of the "
                         "argmax and post-processing; writes maps/CASE_possible (voxels the calibrated set adds)")

@@ -56,12 +56,14 @@ from volseg.detection.boxes import clip_boxes, flip_boxes
 from volseg.detection.clustering import Detections, concat_detections, select_detections, weighted_box_clustering
 from volseg.detection.coder import BoxCoder
 from volseg.detection.greedy import greedy_nms
+from volseg.detection.candidates import CandidateRecorder
 from volseg.inference.dense import DenseAggregator, SlidingWindowResult
 from volseg.kernels.gaussian import gaussian_1d
 from volseg.networks.retina_unet import anchor_boxes, flatten_level_outputs
 from volseg.tasks.base import TileGrid
 
-__all__ = ["BoxAggregator", "BoxResult", "centre_weight", "tile_nms"]
+__all__ = ["BoxAggregator", "BoxResult", "centre_weight", "fuse_members", "fuse_tiles", "tile_detections",
+           "tile_nms"]
 
 
 @dataclass
@@ -77,6 +79,8 @@ class BoxResult:
         num_candidates: Boxes kept from all tiles and members after NMS, before clustering.
         timings: Seconds: ``boxes`` (scoring, decoding, NMS and the per-tile WBC) and
             ``clustering`` (the WBC over tiles and the selection).
+        candidates: With ``record=True``, every tile's boxes before NMS
+            (:class:`~volseg.detection.candidates.CandidateRecorder`), else ``None``.
     """
 
     boxes: np.ndarray
@@ -85,6 +89,7 @@ class BoxResult:
     dense: SlidingWindowResult | None = None
     num_candidates: int = 0
     timings: dict = field(default_factory=dict)
+    candidates: dict | None = None
 
 
 def centre_weight(boxes: torch.Tensor, weights_1d: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -136,6 +141,41 @@ def tile_nms(boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray, iou_thre
     return order[keep].astype(np.int64)
 
 
+def tile_detections(boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray, weights: np.ndarray,
+                    offset: Sequence[int], pad_lo: np.ndarray, shape: Sequence[int], nms_iou: float) -> Detections:
+    """Step ``add`` for one tile and member: NMS, then the boxes moved into the image and clipped.
+
+    Args:
+        boxes: float32 (N, 6) decoded, un-mirrored boxes (z0, y0, x0, z1, y1, x1) in voxels of the tile.
+        scores: float32 (N,) sigmoid scores; labels: int64 (N,) classes; weights: float32 (N,) tile weights.
+        offset: The tile's lower corner (z, y, x), voxels of the padded image.
+        pad_lo: float64 (6,) the padding before the image, twice (z, y, x, z, y, x).
+        shape: Spatial shape (z, y, x) of the unpadded image.
+        nms_iou: IoU above which NMS drops the lower-scoring box of a class.
+
+    Returns:
+        The kept boxes in voxels of the unpadded image; boxes clipped to nothing are dropped.
+    """
+    sel = tile_nms(boxes, scores, labels, nms_iou)
+    moved = boxes[sel].astype(np.float64) + np.asarray(list(offset) * 2, dtype=np.float64) - pad_lo
+    moved = clip_boxes(moved, shape)
+    det = Detections(moved, scores[sel].astype(np.float64), labels[sel].astype(np.int64),
+                     weights[sel].astype(np.float64))
+    return det.take(np.all(moved[:, 3:] > moved[:, :3], axis=1))
+
+
+def fuse_members(parts: Sequence[Detections], wbc_iou: float, members: int) -> Detections | None:
+    """Step ``commit`` for one tile: WBC over its members' boxes (``expected = members``); None when empty."""
+    det = concat_detections(parts)
+    return weighted_box_clustering(det, wbc_iou, expected=members) if len(det) else None
+
+
+def fuse_tiles(tiles: Sequence[Detections], wbc_iou: float, max_detections: int) -> Detections:
+    """Step ``finish``: WBC over the tiles (``expected = 1``), the ``max_detections`` highest scores."""
+    fused = weighted_box_clustering(concat_detections(tiles), wbc_iou, expected=1, top=max_detections)
+    return select_detections(fused, 0.0, max_detections)
+
+
 def _check_fraction(name: str, value: float, low_open: bool = True) -> float:
     ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
     if not ok or not ((0.0 < value) if low_open else (0.0 <= value)) or value > 1.0:
@@ -173,6 +213,9 @@ class BoxAggregator:
         dense: When given, receives ``output["seg"]`` of every ``add`` and every other call,
             so the segmentation head is stitched as by a segmentation model; its result is
             :attr:`BoxResult.dense`.
+        record: Also keep every tile's boxes before NMS (:attr:`BoxResult.candidates`), so that
+            the aggregation can be replayed with other IoU thresholds
+            (:func:`~volseg.detection.replay.replay_case`).
 
     Attributes:
         row_wise: False (boxes do not depend on the row order), unless ``dense`` works in
@@ -187,7 +230,7 @@ class BoxAggregator:
                  coder: BoxCoder | None = None, score_floor: float = 0.01, top_k_per_tile: int = 1000,
                  nms_iou: float = 0.5, wbc_iou: float = 0.2, max_detections: int = 100,
                  sigma_scale: float = 0.125, dense: DenseAggregator | None = None,
-                 gaussian_center: str = "middle") -> None:
+                 gaussian_center: str = "middle", record: bool = False) -> None:
         self.patch = tuple(int(p) for p in patch_size)
         self.anchors_cpu = anchor_boxes(self.patch, anchors_plan)   # validates the plan and the patch
         self.k = _check_count("num_classes", num_classes)
@@ -208,7 +251,10 @@ class BoxAggregator:
         self.gaussian_center = gaussian_center
         self.dense = dense
         self.row_wise = bool(dense.row_wise) if dense is not None else False
+        self.record = bool(record)
+        self.recorder: CandidateRecorder | None = None
         self._batch: dict[int, list[Detections]] = {}   # tile of the batch → its members' boxes
+        self._raw: dict[int, list[tuple]] = {}           # the same before NMS, when recording
         self._tiles: list[Detections] = []               # members fused, one entry per tile
         self._seconds, self.num_candidates = 0.0, 0
 
@@ -226,7 +272,9 @@ class BoxAggregator:
         self._pad_lo = np.asarray([a for a, _ in grid.pads] * 2, dtype=np.float64)
         self._shape = [s - a - b for s, (a, b) in zip(grid.shape, grid.pads)]
         self._members = max(1, int(grid.members))
-        self._batch, self._tiles, self._seconds, self.num_candidates = {}, [], 0.0, 0
+        self._batch, self._raw, self._tiles, self._seconds, self.num_candidates = {}, {}, [], 0.0, 0
+        self.recorder = CandidateRecorder(self._pad_lo, self._shape, self._members, self.max_detections,
+                                          self.nms_iou, self.wbc_iou) if self.record else None
         if self.dense is not None:
             self.dense.setup(grid)
 
@@ -260,12 +308,11 @@ class BoxAggregator:
             sel = np.flatnonzero(tile == b)
             if len(sel) == 0:
                 continue
-            sel = sel[tile_nms(boxes[sel], scores[sel], label[sel], self.nms_iou)]
-            moved = boxes[sel].astype(np.float64) + np.asarray(list(offset) * 2, dtype=np.float64) - self._pad_lo
-            moved = clip_boxes(moved, self._shape)
-            det = Detections(moved, scores[sel].astype(np.float64), label[sel].astype(np.int64),
-                             weights[sel].astype(np.float64))
-            self._batch.setdefault(b, []).append(det.take(np.all(moved[:, 3:] > moved[:, :3], axis=1)))
+            raw = (boxes[sel], scores[sel], label[sel], weights[sel])
+            self._batch.setdefault(b, []).append(
+                tile_detections(*raw, offset, self._pad_lo, self._shape, self.nms_iou))
+            if self.recorder is not None:
+                self._raw.setdefault(b, []).append((*raw, offset))
         self._seconds += time.perf_counter() - t0
         if self.dense is not None:
             self.dense.add(output["seg"], offsets, flip_dims)
@@ -273,12 +320,14 @@ class BoxAggregator:
     def commit(self, offsets: Sequence[tuple[int, int, int]]) -> None:
         """Fuse the members of every tile of the batch (WBC, ``expected = grid.members``)."""
         t0 = time.perf_counter()
-        for parts in self._batch.values():
-            det = concat_detections(parts)
-            self.num_candidates += len(det)
-            if len(det):
-                self._tiles.append(weighted_box_clustering(det, self.wbc_iou, expected=self._members))
-        self._batch = {}
+        for b, parts in self._batch.items():
+            self.num_candidates += sum(len(p) for p in parts)
+            fused = fuse_members(parts, self.wbc_iou, self._members)
+            if fused is not None:
+                self._tiles.append(fused)
+            if self.recorder is not None:
+                self.recorder.add_tile(self._raw[b])
+        self._batch, self._raw = {}, {}
         self._seconds += time.perf_counter() - t0
         if self.dense is not None:
             self.dense.commit(offsets)
@@ -290,12 +339,12 @@ class BoxAggregator:
             A :class:`BoxResult` in voxels of the unpadded image.
         """
         t0 = time.perf_counter()
-        tiles, self._tiles = concat_detections(self._tiles), []
-        fused = weighted_box_clustering(tiles, self.wbc_iou, expected=1, top=self.max_detections)
-        final = select_detections(fused, 0.0, self.max_detections)
+        final, self._tiles = fuse_tiles(self._tiles, self.wbc_iou, self.max_detections), []
         dense = self.dense.finish() if self.dense is not None else None
         timings = {"boxes": self._seconds, "clustering": time.perf_counter() - t0}
-        return BoxResult(final.boxes.reshape(-1, 6), final.scores, final.labels, dense, self.num_candidates, timings)
+        candidates = self.recorder.finish() if self.recorder is not None else None
+        return BoxResult(final.boxes.reshape(-1, 6), final.scores, final.labels, dense, self.num_candidates, timings,
+                         candidates)
 
     def _flatten(self, output: Any, n_tiles: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, N, K) logits and (B, N, 6) deltas of ``output``, checked against the anchors."""

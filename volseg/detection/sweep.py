@@ -1,22 +1,35 @@
-"""The detection sweep: score threshold and minimum box size chosen on held-out predictions.
+"""The detection sweep: NMS IoU, WBC IoU, score threshold and minimum box size chosen on held-out predictions.
 
 A :class:`~volseg.tasks.base.Calibrator` (``MODEL/detection_sweep.json``): on every validated
-fold's ``CASE_boxes.json`` and its reference findings, each pair (score threshold, minimum
-diameter in mm) of a small grid is scored by the LUNA16 CPM of the boxes it keeps; the best
-pair wins, ties going to the lower threshold and the smaller size (which keep more
-candidates). ``predict`` applies it (:func:`apply_box_rules`).
+fold, settings are scored by the LUNA16 CPM of the boxes they give, and the best wins. The
+IoU thresholds are replayed on the candidates the held-out prediction recorded before its
+NMS (``CASE_candidates.npz``, :mod:`volseg.detection.replay`), so the network runs once. As
+nnDetection's sweep, one threshold at a time: the NMS IoU at the plan's WBC IoU, then the WBC
+IoU at the best NMS IoU (6 replays instead of the 12 of the full grid), the cases replayed in
+parallel processes. Each replayed setting then gets every pair (score threshold, minimum
+diameter in mm). Ties go to the plan's IoU thresholds (then the nearest), then to the lower
+score threshold and the smaller size (which keep more candidates). Folds without recorded
+candidates sweep only the threshold and size of their ``CASE_boxes.json``.
+``predict`` applies the result: the IoUs in the box aggregator
+(:meth:`~volseg.tasks.detection.DetectionTask.aggregator`), the rest by
+:func:`apply_box_rules`.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
+from volseg.detection.replay import fuse_case, nms_tiles, world_candidates
+
 SCORE_THRESHOLDS = (0.0, 0.05, 0.1, 0.2, 0.3, 0.5)
 MIN_SIZES_MM = (0.0, 2.0, 3.0, 4.0)
+NMS_IOUS = (0.3, 0.5, 0.7)       # per tile and pass; the plan's 0.5 in the middle
+WBC_IOUS = (0.1, 0.2, 0.3, 0.4)  # both WBC steps; the plan's 0.2
 
 
 def box_diameters_mm(boxes: np.ndarray, spacing: Sequence[float]) -> np.ndarray:
@@ -45,8 +58,43 @@ def _case_candidates(path: Path) -> np.ndarray:
     return np.asarray(rows, dtype=np.float64).reshape(-1, 5)
 
 
+def _fused_with(path: Path) -> tuple[float, float]:
+    """(NMS IoU, WBC IoU) a ``CASE_candidates.npz``'s prediction was fused with."""
+    from volseg.detection.candidates import load_candidates
+
+    rec = load_candidates(path)
+    return float(rec["nms_iou"]), float(rec["wbc_iou"])
+
+
+def _replayed_rows(job: tuple[str, list[tuple[float, float]]]) -> list[np.ndarray]:
+    """For one ``CASE_candidates.npz`` and each (NMS IoU, WBC IoU), the (n, 5) rows of the replayed
+    fusion (x, y, z in mm, score, diameter in mm); NMS runs once per NMS IoU (in a worker process)."""
+    from volseg.detection.candidates import load_candidates
+
+    path, settings = job
+    rec, steps, out = load_candidates(path), {}, []
+    for nms, wbc in settings:
+        if nms not in steps:
+            steps[nms] = nms_tiles(rec, nms)
+        out.append(world_candidates(rec, fuse_case(rec, steps[nms], wbc)))
+    return out
+
+
+def best_rules(candidates: dict[str, np.ndarray], annotations: dict, excluded: dict, scans: list[str]) -> tuple:
+    """``(cpm, -threshold, -size)`` of the best (score threshold, minimum size) on (n, 5) candidate rows per scan."""
+    from volseg.evaluation.froc import evaluate_froc
+
+    results = []
+    for thr in SCORE_THRESHOLDS:
+        for size in MIN_SIZES_MM:
+            kept = {c: v[(v[:, 3] >= thr) & (v[:, 4] >= size)][:, :4] for c, v in candidates.items()}
+            r = evaluate_froc(annotations, kept, excluded, scans, n_bootstrap=0)
+            results.append((float(r.cpm), -thr, -size))
+    return max(results)
+
+
 class DetectionSweep:
-    """Score threshold and minimum size maximizing the held-out CPM."""
+    """NMS IoU, WBC IoU, score threshold and minimum size maximizing the held-out CPM."""
 
     name = "detection_sweep"
 
@@ -54,10 +102,11 @@ class DetectionSweep:
         self.plans = plans
 
     def fit(self, validation_dirs: list[Path]) -> dict | None:
+        from volseg.detection.candidates import CANDIDATES_SUFFIX
+        from volseg.parallel import map_in_processes
         from volseg.evaluation.detection import read_points_csv
-        from volseg.evaluation.froc import evaluate_froc
 
-        candidates, annotations, excluded, scans = {}, {}, {}, []
+        boxes, records, annotations, excluded, scans = {}, {}, {}, {}, []
         for folder in validation_dirs:
             ref = folder / "reference"
             if not (ref / "annotations.csv").is_file():
@@ -68,19 +117,42 @@ class DetectionSweep:
             scans += ids
             for c in ids:
                 if (folder / f"{c}_boxes.json").is_file():
-                    candidates[c] = _case_candidates(folder / f"{c}_boxes.json")
+                    boxes[c] = _case_candidates(folder / f"{c}_boxes.json")
+                if (folder / f"{c}{CANDIDATES_SUFFIX}").is_file():
+                    records[c] = folder / f"{c}{CANDIDATES_SUFFIX}"
         if not scans or not any(len(v) for v in annotations.values()):
             return None
-        results = []
-        for thr in SCORE_THRESHOLDS:
-            for size in MIN_SIZES_MM:
-                kept = {c: v[(v[:, 3] >= thr) & (v[:, 4] >= size)][:, :4] for c, v in candidates.items()}
-                r = evaluate_froc(annotations, kept, excluded, scans, n_bootstrap=0)
-                results.append((r.cpm, -thr, -size))
-        cpm, thr, size = max(results)
-        return {"score_threshold": -thr, "min_size_mm": -size, "cpm": round(float(cpm), 4),
-                "num_cases": len(scans), "grid": {"score_threshold": list(SCORE_THRESHOLDS),
-                                                  "min_size_mm": list(MIN_SIZES_MM)}}
+        if sorted(records) != sorted(boxes) or not records:   # not every predicted case recorded its candidates
+            cpm, thr, size = best_rules(boxes, annotations, excluded, scans)
+            return {"score_threshold": -thr, "min_size_mm": -size, "cpm": round(cpm, 4), "num_cases": len(scans),
+                    "grid": {"score_threshold": list(SCORE_THRESHOLDS), "min_size_mm": list(MIN_SIZES_MM)}}
+        used = {_fused_with(path) for path in records.values()}
+        if len(used) != 1:
+            raise ValueError(f"{validation_dirs[0]}: the held-out cases were fused with different IoU thresholds "
+                             f"{sorted(used)}; predict them again with one model")
+        (nms0, wbc0), table = used.pop(), {}
+
+        def score(settings: list[tuple[float, float]]) -> None:
+            jobs = [(str(records[c]), settings) for c in cases]
+            rows = map_in_processes(_replayed_rows, jobs, min(len(jobs), os.cpu_count() or 1), "detection sweep",
+                                    progress=False)
+            for k, setting in enumerate(settings):
+                cpm, thr, size = best_rules({c: r[k] for c, r in zip(cases, rows)}, annotations, excluded, scans)
+                prefer = (setting == (nms0, wbc0), -abs(setting[0] - nms0) - abs(setting[1] - wbc0))
+                table[setting] = (cpm, *prefer, thr, size)
+
+        # one threshold at a time, as nnDetection sweeps: NMS at the plan's WBC, then WBC at the best NMS
+        cases = sorted(records)
+        score([(nms, wbc0) for nms in NMS_IOUS])
+        nms = max((k for k in table), key=lambda k: table[k])[0]
+        score([(nms, wbc) for wbc in WBC_IOUS if (nms, wbc) not in table])
+        (nms, wbc), (cpm, _, _, thr, size) = max(table.items(), key=lambda kv: kv[1])
+        return {"nms_iou": nms, "wbc_iou": wbc, "score_threshold": -thr, "min_size_mm": -size,
+                "cpm": round(cpm, 4), "num_cases": len(scans), "predicted_with": {"nms_iou": nms0, "wbc_iou": wbc0},
+                "grid": {"nms_iou": list(NMS_IOUS), "wbc_iou": list(WBC_IOUS),
+                         "score_threshold": list(SCORE_THRESHOLDS), "min_size_mm": list(MIN_SIZES_MM)},
+                "table": [{"nms_iou": n, "wbc_iou": w, "cpm": round(k[0], 4), "score_threshold": -k[3],
+                           "min_size_mm": -k[4]} for (n, w), k in table.items()]}
 
     def apply(self, prediction, params: dict, spacing: Sequence[float]):
         prediction.boxes = apply_box_rules(prediction.boxes, params, spacing)

@@ -30,6 +30,7 @@ class PredictOptions:
     save_probabilities: bool = False
     probabilities_layout: str = "volseg"  # or "nnunet": CASE.npz beside the label map (see export_case)
     save_uncertainty: bool = False
+    save_candidates: bool = False  # detection: also CASE_candidates.npz, every tile's boxes before NMS
     device: str = "auto"
     backend: str = "auto"
     runtime: str = "auto"  # forward pass: "torch", "openvino", "onnxruntime" or "auto" (see volseg.runtime)
@@ -115,7 +116,7 @@ def predict_images(model: LoadedModel, images: np.ndarray, geometry: Geometry, o
     inf = cfg["inference"]
     data, props, prep_seconds = prepared or prepare(model, images, geometry)
     t1 = time.perf_counter()
-    aggregator = task.aggregator(cfg, props, options, device)
+    aggregator = task.aggregator(cfg, props, options, device, model.calibration)
     result, network_seconds = run_sliding_window(
         model.networks, torch.from_numpy(data), cfg["patch_size"], aggregator,
         step_fraction=options.step_fraction or inf["step_fraction"],

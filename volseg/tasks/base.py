@@ -16,7 +16,7 @@ Life of a task in the pipeline::
              task.loss(config)(outputs, targets)       {"term": scalar}; the loop sums and logs them
              task.batch_stats(outputs, targets)        summable statistics of a validation batch
              task.score(stats)                         the number that drives the EMA and the best checkpoint
-    predict  task.aggregator(config, props, opts, dev) what the sliding window keeps of every tile
+    predict  task.aggregator(config, props, opts, ..) what the sliding window keeps of every tile
              task.restore(result, props, geometry, ..) the case on the input grid
              task.postprocess(prediction, calibration) calibrated rules (post-processing, thresholds)
              task.export(prediction, ...)              NIfTI, boxes JSON / CSV, lesion tables
@@ -161,8 +161,10 @@ class Task(Protocol):
     def score(self, stats: torch.Tensor) -> tuple[float, dict]:
         """(score, extra log fields) of summed statistics; NaN when nothing could be scored."""
 
-    def aggregator(self, config: dict, props: dict, options: Any, device: torch.device) -> TileAggregator:
-        """What the sliding window keeps for one case (``props``: its preprocessing record)."""
+    def aggregator(self, config: dict, props: dict, options: Any, device: torch.device,
+                   calibration: dict | None = None) -> TileAggregator:
+        """What the sliding window keeps for one case (``props``: its preprocessing record;
+        ``calibration``: the model folder's fitted rules, for those that act during aggregation)."""
 
     def restore(self, result: Any, props: dict, geometry: Any, options: Any) -> CasePrediction: ...
 

@@ -160,18 +160,28 @@ class DetectionTask(SegmentationTask):
 
         return best_f1(stats)
 
-    def aggregator(self, config: dict, props: dict, options, device: torch.device):
-        """Boxes per tile and member, fused at the end; the segmentation head stitched densely."""
+    def aggregator(self, config: dict, props: dict, options, device: torch.device, calibration: dict | None = None):
+        """Boxes per tile and member, fused at the end; the segmentation head stitched densely.
+
+        NMS and WBC take the thresholds of the detection sweep when the prediction is
+        post-processed; otherwise (the held-out fold, ``--no-postprocess``) and for
+        ``--calibrated``, whose threshold was calibrated on held-out boxes fused with them,
+        the plan's."""
         from volseg.detection.aggregation import BoxAggregator
         from volseg.detection.coder import BoxCoder
 
         inf = config["detection"]["inference"]
-        dense = super().aggregator(config, props, options, device)
+        sweep = (calibration or {}).get("detection_sweep") or {}
+        swept = options.postprocess and not options.calibrated
+        dense = super().aggregator(config, props, options, device, calibration)
         return BoxAggregator(config["detection"]["anchors"], config["patch_size"], self.num_classes,
                              config["network"]["num_anchors"], coder=BoxCoder(), score_floor=inf["score_floor"],
-                             nms_iou=inf["nms_iou"], wbc_iou=inf["wbc_iou"], max_detections=inf["max_detections"],
+                             nms_iou=sweep.get("nms_iou", inf["nms_iou"]) if swept else inf["nms_iou"],
+                             wbc_iou=sweep.get("wbc_iou", inf["wbc_iou"]) if swept else inf["wbc_iou"],
+                             max_detections=inf["max_detections"],
                              sigma_scale=config["inference"]["gaussian_sigma_scale"], dense=dense,
-                             gaussian_center=config["inference"].get("gaussian_center", "middle"))
+                             gaussian_center=config["inference"].get("gaussian_center", "middle"),
+                             record=getattr(options, "save_candidates", False))
 
     def restore(self, result, props: dict, geometry, options) -> CasePrediction:
         """Boxes in voxels of the input image; the segmentation head's labels on the input grid."""
@@ -181,6 +191,8 @@ class DetectionTask(SegmentationTask):
         boxes = boxes_to_input_grid(np.asarray(result.boxes, dtype=np.float64), props)
         prediction.boxes = {"boxes": boxes, "scores": np.asarray(result.scores, dtype=np.float64),
                             "classes": np.asarray(result.classes, dtype=np.int64)}
+        if result.candidates is not None:
+            prediction.maps["candidates"] = {**result.candidates, "props": props}
         return prediction
 
     def postprocess(self, prediction: CasePrediction, calibration: dict, spacing: Sequence[float]) -> CasePrediction:
@@ -196,8 +208,9 @@ class DetectionTask(SegmentationTask):
     conformal_kind = "boxes"
 
     def validation_options(self) -> dict:
-        """Held-out boxes (``candidates.csv``, calibrated on) with their mean uncertainty."""
-        return {"save_uncertainty": True}
+        """Held-out boxes (``candidates.csv``, calibrated on) with their mean uncertainty, and every
+        tile's boxes before NMS (``CASE_candidates.npz``, on which the sweep replays NMS and WBC)."""
+        return {"save_uncertainty": True, "save_candidates": True}
 
     def apply_conformal(self, prediction: CasePrediction, conformal: dict, calibration: dict,
                         spacing: Sequence[float]) -> CasePrediction:
@@ -220,6 +233,11 @@ class DetectionTask(SegmentationTask):
                                                   if prediction.maps.get(k) is not None}}
         unc = box_uncertainty(b["boxes"], maps) if prediction.entropy is not None else None
         record = case_boxes_record(case_id, b["boxes"], b["scores"], b["classes"], geometry, self.class_names, unc)
+        if prediction.maps.get("candidates") is not None:
+            from volseg.detection.candidates import save_candidates
+
+            cand = prediction.maps["candidates"]
+            written.append(save_candidates(out_dir, case_id, cand, cand["props"], geometry))
         written.append(write_case_boxes(out_dir, case_id, record))
         return written
 

@@ -176,7 +176,7 @@ class SegmentationTask:
         finite = [d for d in dice if not np.isnan(d)]
         return (float(sum(finite) / len(finite)) if finite else float("nan")), {"pseudo_dice": dice}
 
-    def aggregator(self, config: dict, props: dict, options, device: torch.device):
+    def aggregator(self, config: dict, props: dict, options, device: torch.device, calibration: dict | None = None):
         """Dense stitching; resampled afterwards (logits kept) when the network grid differs from the crop."""
         from volseg.inference.dense import dense_aggregator
 
