@@ -27,9 +27,14 @@ call), and inference over the test cases (reading, preprocessing, sliding window
 The table gives each number and its ratio against the Retina U-Net; everything goes to
 ``OUT/results.json``.
 
+``--curve 2,4`` then trains the Retina U-Net again from scratch at 2× and 4× the iterations
+(each run its own schedule, as a user with that budget would train it) and prints the
+learning curve: CPM, its CI and the sensitivities per budget, with the detection sweep's
+choice and the times.
+
 Usage:
     python benchmarks/detection_vs_peers.py [--out DIR] [--cases 20] [--test 8] [--seed 0]
-        [--iterations 400] [--shape Z,Y,X] [--only retina,seg,monai] [--device cpu]
+        [--iterations 400] [--shape Z,Y,X] [--only retina,seg,monai] [--curve 2,4] [--device cpu]
 """
 
 from __future__ import annotations
@@ -141,7 +146,23 @@ def run_retina(data: Path, out: Path, args) -> dict:
     shutil.rmtree(pred, ignore_errors=True)
     t0 = time.perf_counter()
     volseg.predict([data / "imagesTs"], pred, fold_dir.parent, device=args.device, progress=False)
-    return {**rec, "predict_s": time.perf_counter() - t0, "candidates": pred / "candidates.csv"}
+    sweep = json.loads((fold_dir.parent / "detection_sweep.json").read_text())
+    return {**rec, "predict_s": time.perf_counter() - t0, "candidates": pred / "candidates.csv",
+            "sweep": {k: sweep.get(k) for k in ("nms_iou", "wbc_iou", "score_threshold", "min_size_mm", "cpm")}}
+
+
+def curve_table(points: list[dict]) -> str:
+    """One row per training budget of the Retina U-Net."""
+    lines = [f"{'iterations':>10}{'CPM':>8}{'95% CI':>14}" + "".join(f"{'sens@' + r:>10}" for r in RATES)
+             + f"{'held-out CPM':>14}{'NMS/WBC IoU':>13}{'train (s)':>11}{'inference (s)':>15}"]
+    for p in points:
+        lo, hi = p["cpm_ci"]
+        sw = p["sweep"]
+        lines.append(f"{p['iterations']:>10}{fmt(p['cpm']):>8}{fmt(lo) + '–' + fmt(hi):>14}"
+                     + "".join(f"{fmt(p['sens@' + r]):>10}" for r in RATES)
+                     + f"{fmt(sw['cpm']):>14}{str(sw['nms_iou']) + '/' + str(sw['wbc_iou']):>13}"
+                     + f"{p['train_s']:>11.1f}{p['predict_s']:>15.1f}")
+    return "\n".join(lines)
 
 
 def component_candidates(pred: Path, case_ids: list[str], ending: str) -> Path:
@@ -276,6 +297,8 @@ def main() -> None:
                     help="force the demo volumes' shape Z,Y,X (default: 64–96 × 128 × 128)")
     ap.add_argument("--only", type=lambda s: [m.strip() for m in s.split(",") if m.strip()],
                     default=list(METHODS), help=f"methods to run, comma-separated (default {','.join(METHODS)})")
+    ap.add_argument("--curve", type=lambda s: [int(v) for v in s.split(",") if v.strip()], default=[],
+                    help="also train the Retina U-Net at these multiples of --iterations, e.g. 2,4: its learning curve")
     ap.add_argument("--device", default="cpu", help="cpu (default) or cuda, for every method")
     args = ap.parse_args()
     unknown = [m for m in args.only if m not in METHODS]
@@ -315,11 +338,24 @@ def main() -> None:
         print(f"   CPM {results[m]['cpm']:.3f}, train {rec['train_s']:.1f} s, inference {rec['predict_s']:.1f} s",
               flush=True)
     print("\n" + table(results))
+    curve = [{"iterations": args.iterations, **results["retina"]}] if "retina" in results else []
+    for m in args.curve:
+        budget_args = argparse.Namespace(**{**vars(args), "iterations": m * args.iterations})
+        print(f"\n== {METHODS['retina']}, {budget_args.iterations} iterations ==", flush=True)
+        rec = run_retina(data, out, budget_args)
+        point = {"iterations": budget_args.iterations, **{k: v for k, v in rec.items() if k != "candidates"},
+                 **score(rec, data, out, f"retina_{budget_args.iterations}")}
+        curve.append(point)
+        print(f"   CPM {point['cpm']:.3f}, train {rec['train_s']:.1f} s, inference {rec['predict_s']:.1f} s",
+              flush=True)
+    if len(curve) > 1:
+        print("\nlearning curve of the Retina U-Net (test cases; each budget trained from scratch)\n"
+              + curve_table(curve))
     wall = time.perf_counter() - t_start
     report = {"machine": env, "versions": torch_versions,
               "settings": {**vars(args), "out": str(out), "epochs": epochs, "iterations_per_epoch": per_epoch,
                            "patch_size": cfg["patch_size"], "batch_size": cfg["batch_size"], "spacing": cfg["spacing"]},
-              "results": results, "wall_seconds": wall}
+              "results": results, "curve": curve, "wall_seconds": wall}
     (out / "results.json").write_text(json.dumps(report, indent=2, default=str))
     print(f"\nwall time {wall:.0f} s; results: {out / 'results.json'}")
 
