@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from volseg.detection.aggregation import BoxAggregator
-from volseg.detection.candidates import CANDIDATES_SUFFIX, load_candidates, save_candidates
+from volseg.detection.candidates import CANDIDATES_SUFFIX, fused_with, load_candidates, save_candidates
 from volseg.detection.export import boxes_to_input_grid, case_boxes_record
 from volseg.detection.replay import replay_case, world_candidates
 from volseg.inference.sliding_window import run_sliding_window
@@ -95,6 +95,7 @@ def test_file_round_trip_and_world_rows_match_the_boxes_json(recorded, tmp_path)
     path = save_candidates(tmp_path, "c1", recorded.candidates, props, geometry)
     assert path.name == f"c1{CANDIDATES_SUFFIX}"
     rec = load_candidates(path)
+    assert fused_with(path) == (0.5, 0.2)
     assert rec["geometry"] == geometry and rec["props"]["crop_bbox"] == props["crop_bbox"]
     for k in ("boxes", "scores", "labels", "weights", "group", "offsets"):
         assert np.array_equal(rec[k], recorded.candidates[k]) and rec[k].dtype == recorded.candidates[k].dtype
@@ -113,6 +114,8 @@ def test_a_file_that_is_not_a_candidates_file_is_named(tmp_path):
     (tmp_path / "y_candidates.npz").write_text("not a zip")
     with pytest.raises(ValueError, match=r"y_candidates.npz: cannot read"):
         load_candidates(tmp_path / "y_candidates.npz")
+    with pytest.raises(ValueError, match=r"x_candidates.npz: cannot read"):
+        fused_with(bad)
     obj = tmp_path / "z_candidates.npz"
     np.savez(obj, **{k: np.zeros(1) for k in json.loads('["boxes"]')}, props=np.array([{"a": 1}], dtype=object))
     with pytest.raises(ValueError, match=r"z_candidates.npz"):

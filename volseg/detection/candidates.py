@@ -43,7 +43,7 @@ import numpy as np
 from volseg.io.atomic import write_atomic
 from volseg.io.nifti import Geometry
 
-__all__ = ["CANDIDATES_SUFFIX", "CandidateRecorder", "load_candidates", "save_candidates"]
+__all__ = ["CANDIDATES_SUFFIX", "CandidateRecorder", "fused_with", "load_candidates", "save_candidates"]
 
 CANDIDATES_SUFFIX = "_candidates.npz"
 ARRAY_KEYS = ("boxes", "scores", "labels", "weights", "group", "group_tile", "offsets", "pad_lo", "shape",
@@ -135,3 +135,17 @@ def load_candidates(path: str | os.PathLike) -> dict:
         raise ValueError(f"{path}: inconsistent candidates file: {n} scores, {len(out['boxes'])} boxes, "
                          f"{len(out['offsets'])} passes")
     return out
+
+
+def fused_with(path: str | os.PathLike) -> tuple[float, float]:
+    """(NMS IoU, WBC IoU) the prediction of a ``CASE_candidates.npz`` was fused with, read
+    without decompressing the boxes.
+
+    Raises:
+        ValueError: The file cannot be read or lacks them, naming the file.
+    """
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return float(z["nms_iou"]), float(z["wbc_iou"])
+    except (OSError, EOFError, ValueError, KeyError, TypeError, zipfile.BadZipFile) as e:
+        raise ValueError(f"{path}: cannot read the candidates file: {e}") from None

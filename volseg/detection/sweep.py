@@ -8,8 +8,9 @@ nnDetection's sweep, one threshold at a time: the NMS IoU at the plan's WBC IoU,
 IoU at the best NMS IoU (6 replays instead of the 12 of the full grid), the cases replayed in
 parallel processes. Each replayed setting then gets every pair (score threshold, minimum
 diameter in mm). Ties go to the plan's IoU thresholds (then the nearest), then to the lower
-score threshold and the smaller size (which keep more candidates). Folds without recorded
-candidates sweep only the threshold and size of their ``CASE_boxes.json``.
+score threshold and the smaller size (which keep more candidates). When a held-out case has
+no recorded candidates (validated by an older version), only the threshold and size are
+swept, on the ``CASE_boxes.json``.
 ``predict`` applies the result: the IoUs in the box aggregator
 (:meth:`~volseg.tasks.detection.DetectionTask.aggregator`), the rest by
 :func:`apply_box_rules`.
@@ -58,14 +59,6 @@ def _case_candidates(path: Path) -> np.ndarray:
     return np.asarray(rows, dtype=np.float64).reshape(-1, 5)
 
 
-def _fused_with(path: Path) -> tuple[float, float]:
-    """(NMS IoU, WBC IoU) a ``CASE_candidates.npz``'s prediction was fused with."""
-    from volseg.detection.candidates import load_candidates
-
-    rec = load_candidates(path)
-    return float(rec["nms_iou"]), float(rec["wbc_iou"])
-
-
 def _replayed_rows(job: tuple[str, list[tuple[float, float]]]) -> list[np.ndarray]:
     """For one ``CASE_candidates.npz`` and each (NMS IoU, WBC IoU), the (n, 5) rows of the replayed
     fusion (x, y, z in mm, score, diameter in mm); NMS runs once per NMS IoU (in a worker process)."""
@@ -102,9 +95,10 @@ class DetectionSweep:
         self.plans = plans
 
     def fit(self, validation_dirs: list[Path]) -> dict | None:
-        from volseg.detection.candidates import CANDIDATES_SUFFIX
-        from volseg.parallel import map_in_processes
+        from volseg.detection.candidates import CANDIDATES_SUFFIX, fused_with
+        from volseg.errors import ModelError
         from volseg.evaluation.detection import read_points_csv
+        from volseg.parallel import map_in_processes
 
         boxes, records, annotations, excluded, scans = {}, {}, {}, {}, []
         for folder in validation_dirs:
@@ -126,9 +120,9 @@ class DetectionSweep:
             cpm, thr, size = best_rules(boxes, annotations, excluded, scans)
             return {"score_threshold": -thr, "min_size_mm": -size, "cpm": round(cpm, 4), "num_cases": len(scans),
                     "grid": {"score_threshold": list(SCORE_THRESHOLDS), "min_size_mm": list(MIN_SIZES_MM)}}
-        used = {_fused_with(path) for path in records.values()}
+        used = {fused_with(path) for path in records.values()}
         if len(used) != 1:
-            raise ValueError(f"{validation_dirs[0]}: the held-out cases were fused with different IoU thresholds "
+            raise ModelError(validation_dirs[0], f"the held-out cases were fused with different IoU thresholds "
                              f"{sorted(used)}; predict them again with one model")
         (nms0, wbc0), table = used.pop(), {}
 
