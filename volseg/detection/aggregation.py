@@ -53,10 +53,10 @@ import numpy as np
 import torch
 
 from volseg.detection.boxes import clip_boxes, flip_boxes
+from volseg.detection.candidates import CandidateRecorder
 from volseg.detection.clustering import Detections, concat_detections, select_detections, weighted_box_clustering
 from volseg.detection.coder import BoxCoder
 from volseg.detection.greedy import greedy_nms
-from volseg.detection.candidates import CandidateRecorder
 from volseg.inference.dense import DenseAggregator, SlidingWindowResult
 from volseg.kernels.gaussian import gaussian_1d
 from volseg.networks.retina_unet import anchor_boxes, flatten_level_outputs

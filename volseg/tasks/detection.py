@@ -164,7 +164,7 @@ class DetectionTask(SegmentationTask):
         """Boxes per tile and member, fused at the end; the segmentation head stitched densely.
 
         NMS and WBC take the thresholds of the detection sweep when the prediction is
-        post-processed; otherwise (the held-out fold, ``--no-postprocess``) and for
+        post-processed; otherwise (the held-out fold, ``--no-postprocessing``) and for
         ``--calibrated``, whose threshold was calibrated on held-out boxes fused with them,
         the plan's."""
         from volseg.detection.aggregation import BoxAggregator
