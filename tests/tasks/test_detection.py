@@ -59,6 +59,19 @@ def test_plan_holds_anchors_levels_and_a_retina_unet(lung_plan):
     assert full["head_convs"] == 2 and full["head_channels"] >= 32
 
 
+def test_patch_and_batch_are_sized_with_the_heads(lung_plan):
+    """The planner's estimates count the heads the configuration ends up with: the recorded
+    compute and memory are those of the final retina_unet, within the budget."""
+    from volseg.planning.memory import estimate_gflop, estimate_memory_gb, head_flop
+
+    cfg = load_plans(lung_plan / "plan" / "plans.json")["configurations"]["3d_cpu"]
+    net, patch, batch = cfg["network"], cfg["patch_size"], cfg["batch_size"]
+    assert head_flop(net, patch, 2) > 0
+    assert cfg["gflop_per_iteration"] == pytest.approx(estimate_gflop(net, patch, batch, 1, 2), abs=0.01)
+    assert cfg["gflop_per_iteration"] <= 5.0     # the fixture's cpu_gflop
+    assert cfg["memory_estimate_gb"] == pytest.approx(estimate_memory_gb(net, patch, batch, 1, 2, "cpu"), abs=0.001)
+
+
 def test_train_and_predict_write_boxes_candidates_and_froc(lung_plan, tmp_path):
     import volseg
     from volseg.io.nifti import read_geometry

@@ -131,7 +131,9 @@ def predict_images(model: LoadedModel, images: np.ndarray, geometry: Geometry, o
     t3 = time.perf_counter()
     prediction.probabilities_layout = options.probabilities_layout
     prediction.seconds = {"preprocess": prep_seconds, "network_and_stitching": t2 - t1, "restore": t3 - t2,
-                          "network": float(network_seconds)}
+                          "network": float(network_seconds),
+                          **{k: float(v) for k, v in (getattr(result, "timings", None) or {}).items()
+                             if k in ("boxes", "clustering")}}
     return prediction
 
 

@@ -14,6 +14,12 @@ estimates at 13.6 GB in fp32, where nnU-Net measures about 12 GB of resident mem
 precision it estimates at 6.9 GB on CUDA, inside the 8 GB GPU target that configuration
 is planned for. Compute: that CPU configuration is 8.4 TFLOP per iteration and runs at
 about 70 s per iteration on 2 cores, i.e. about 120 GFLOP/s of convolution throughput.
+
+Detection heads: a network dict with ``detection_levels`` (a ``retina_unet``) adds its two
+heads (classification and box regression, :class:`~volseg.networks.retina_unet.DetectionHead`)
+on every detection level: a 1x1x1 projection to ``head_channels``, ``head_convs`` 3x3x3
+conv-norm-act layers (three tensors kept each) and a 3x3x3 output conv of ``A * K`` or
+``A * 6`` channels, at the voxels of that level.
 """
 
 from __future__ import annotations
@@ -66,19 +72,64 @@ def parameter_count(network: dict, in_channels: int, num_outputs: int) -> int:
     return int(n)
 
 
+def _heads(network: dict, num_outputs: int) -> list[tuple[int, int]]:
+    """(channels of the detection level, output channels) of every head and level; [] without heads."""
+    levels = network.get("detection_levels") or []
+    anchors = int(network.get("num_anchors", 0))
+    outs = (anchors * max(1, num_outputs - 1), anchors * 6)     # classification (foreground classes), boxes
+    return [(network["features_per_stage"][lv], out) for out in outs for lv in levels]
+
+
+def head_activation_elements(network: dict, patch_size: list[int], num_outputs: int) -> float:
+    """Elements the detection heads keep for the backward pass of one sample (0 without heads)."""
+    vox = _stage_voxels(patch_size, network["strides"])
+    ch, convs = int(network.get("head_channels", 0)), int(network.get("head_convs", 0))
+    levels = network.get("detection_levels") or []
+    per_level = [vox[lv] for lv in levels] * 2                 # the same levels for both heads
+    return float(sum(v * (ch * (1 + 3 * convs) + out) for v, (_, out) in zip(per_level, _heads(network, num_outputs))))
+
+
+def head_parameter_count(network: dict, num_outputs: int) -> int:
+    """Weights of the two detection heads (biases and GroupNorm affine included; 0 without heads)."""
+    ch, convs = int(network.get("head_channels", 0)), int(network.get("head_convs", 0))
+    heads = _heads(network, num_outputs)
+    n = 0
+    for head in range(2):
+        mine = heads[head * len(heads) // 2:(head + 1) * len(heads) // 2]
+        if not mine:
+            continue
+        out = mine[0][1]
+        n += sum(c * ch + ch for c, _ in mine)                  # per-level projections
+        n += convs * (ch * ch * 27 + 3 * ch)                    # shared tower
+        n += ch * out * 27 + out                                # output conv
+    return int(n)
+
+
+def head_flop(network: dict, patch_size: list[int], num_outputs: int) -> float:
+    """Forward FLOP of the detection heads for one sample (0 without heads)."""
+    vox = _stage_voxels(patch_size, network["strides"])
+    ch, convs = int(network.get("head_channels", 0)), int(network.get("head_convs", 0))
+    levels = network.get("detection_levels") or []
+    per_level = [vox[lv] for lv in levels] * 2
+    return float(sum(2 * v * (c * ch + convs * ch * ch * 27 + ch * out * 27)
+                     for v, (c, out) in zip(per_level, _heads(network, num_outputs))))
+
+
 def estimate_memory_gb(network: dict, patch_size: list[int], batch_size: int, in_channels: int,
                        num_outputs: int, device: str) -> float:
     """Estimated peak training memory in GB (1e9 bytes) on ``device`` ("cuda" or "cpu")."""
     bytes_per = 2 if device == "cuda" else 4
-    act = activation_elements(network, patch_size, num_outputs) * batch_size * bytes_per
-    params = parameter_count(network, in_channels, num_outputs) * 16
+    elements = activation_elements(network, patch_size, num_outputs) + head_activation_elements(
+        network, patch_size, num_outputs)
+    act = elements * batch_size * bytes_per
+    params = (parameter_count(network, in_channels, num_outputs) + head_parameter_count(network, num_outputs)) * 16
     overhead = CUDA_OVERHEAD_GB * 1e9 if device == "cuda" else 0.0
     return float((act + params + overhead) / 1e9)
 
 
 def estimate_gflop(network: dict, patch_size: list[int], batch_size: int, in_channels: int,
                    num_outputs: int) -> float:
-    """Convolution GFLOP of one training iteration (forward + backward ≈ 3 × forward)."""
+    """Convolution GFLOP of one training iteration (forward + backward ≈ 3 × forward), heads included."""
     vox = _stage_voxels(patch_size, network["strides"])
     feats, kernels = network["features_per_stage"], network["kernel_sizes"]
     flop, prev = 0.0, in_channels
@@ -92,4 +143,5 @@ def estimate_gflop(network: dict, patch_size: list[int], batch_size: int, in_cha
         flop += 2 * feats[s + 1] * f * vox[s]
         for i in range(network["n_conv_per_stage_decoder"][s]):
             flop += 2 * (2 * f if i == 0 else f) * f * k * vox[s]
+    flop += head_flop(network, patch_size, num_outputs)
     return float(3 * flop * batch_size / 1e9)

@@ -87,14 +87,20 @@ def plan_experiment(fingerprint: dict, memory_gb: float = 8.0, device: str = "cu
     median_shape = _median_resampled_shape(fingerprint, spacing)
     n_cases = ds["num_cases"]
 
-    def fits_cuda(net: dict, patch: list[int]) -> bool:
-        return estimate_memory_gb(net, patch, 2, n_in, n_out, "cuda") <= memory_gb
+    def cost(device: str):
+        """(memory GB, GFLOP) of a candidate network at a spacing, patch and batch, with what the
+        task adds to it (e.g. detection heads)."""
+        def estimate(net: dict, sp: list[float], patch: list[int], batch: int) -> tuple[float, float]:
+            full = task_class(task).estimate_network(fingerprint, sp, net, device)
+            return (estimate_memory_gb(full, patch, batch, n_in, n_out, device),
+                    estimate_gflop(full, patch, batch, n_in, n_out))
+        return estimate
 
-    configs = {"3d_fullres": _gpu_configuration(spacing, median_shape, fits_cuda, memory_gb, n_in, n_out, n_cases)}
+    configs = {"3d_fullres": _gpu_configuration(spacing, median_shape, cost("cuda"), memory_gb, n_cases)}
     coverage = np.prod(configs["3d_fullres"]["patch_size"]) / np.prod(median_shape)
     if coverage < LOWRES_MIN_COVERAGE:
-        configs["3d_lowres"] = _lowres_configuration(fingerprint, spacing, fits_cuda, memory_gb, n_in, n_out, n_cases)
-    configs["3d_cpu"] = _cpu_configuration(fingerprint, spacing, cpu_gflop, cpu_memory_gb, n_in, n_out)
+        configs["3d_lowres"] = _lowres_configuration(fingerprint, spacing, cost("cuda"), memory_gb, n_cases)
+    configs["3d_cpu"] = _cpu_configuration(fingerprint, spacing, cost("cpu"), cpu_gflop, cpu_memory_gb)
     configs = {name: task_class(task).configure(fingerprint, cfg) for name, cfg in configs.items()}
     return {
         "format": PLANS_FORMAT,
@@ -118,38 +124,38 @@ def _median_resampled_shape(fingerprint: dict, spacing: list[float]) -> list[flo
     return np.median(np.asarray(shapes, dtype=float), axis=0).tolist()
 
 
-def _gpu_configuration(spacing, median_shape, fits, memory_gb, n_in, n_out, n_cases) -> dict:
-    patch, network = fit_patch(spacing, median_shape, fits)
-    one = estimate_memory_gb(network, patch, 1, n_in, n_out, "cuda")
-    two = estimate_memory_gb(network, patch, 2, n_in, n_out, "cuda")
+def _gpu_configuration(spacing, median_shape, cost, memory_gb, n_cases) -> dict:
+    """``cost(network, spacing, patch, batch)`` → (memory GB, GFLOP), as ``plan_experiment``'s."""
+    patch, network = fit_patch(spacing, median_shape, lambda n, p: cost(n, spacing, p, 2)[0] <= memory_gb)
+    one, two = cost(network, spacing, patch, 1)[0], cost(network, spacing, patch, 2)[0]
     batch = batch_size_for(two - one, 2 * one - two, memory_gb, patch, median_shape, n_cases)
-    est = estimate_memory_gb(network, patch, batch, n_in, n_out, "cuda")
-    return _configuration(spacing, median_shape, patch, batch, network, "cuda", memory_gb, est,
-                          estimate_gflop(network, patch, batch, n_in, n_out), TRAINING_CUDA)
+    est, gflop = cost(network, spacing, patch, batch)
+    return _configuration(spacing, median_shape, patch, batch, network, "cuda", memory_gb, est, gflop, TRAINING_CUDA)
 
 
-def _lowres_configuration(fingerprint, spacing, fits, memory_gb, n_in, n_out, n_cases) -> dict:
+def _lowres_configuration(fingerprint, spacing, cost, memory_gb, n_cases) -> dict:
     low = list(spacing)
     for _ in range(200):
         finest = min(low)
         low = [s * 1.03 if s < 2 * finest else s for s in low]
         shape = _median_resampled_shape(fingerprint, low)
-        patch, _ = fit_patch(low, shape, fits)
+        patch, _ = fit_patch(low, shape, lambda n, p, sp=low: cost(n, sp, p, 2)[0] <= memory_gb)
         if np.prod(patch) / np.prod(shape) >= LOWRES_MIN_COVERAGE:
             break
-    return _gpu_configuration(low, shape, fits, memory_gb, n_in, n_out, n_cases)
+    return _gpu_configuration(low, shape, cost, memory_gb, n_cases)
 
 
-def _cpu_configuration(fingerprint, spacing, gflop, memory_gb, n_in, n_out) -> dict:
-    def fits(net: dict, patch: list[int]) -> bool:
-        return (estimate_gflop(net, patch, 2, n_in, n_out) <= gflop
-                and estimate_memory_gb(net, patch, 2, n_in, n_out, "cpu") <= memory_gb)
-
+def _cpu_configuration(fingerprint, spacing, cost, gflop, memory_gb) -> dict:
     max_factor = _cpu_max_spacing_factor(fingerprint, spacing)
     best = None
     for factor in np.linspace(1.0, max_factor, 5):
         sp = [s * factor for s in spacing]
         shape = _median_resampled_shape(fingerprint, sp)
+
+        def fits(net: dict, patch: list[int], sp=sp) -> bool:
+            mem, flop = cost(net, sp, patch, 2)
+            return flop <= gflop and mem <= memory_gb
+
         patch, network = fit_patch(sp, shape, fits, base_features=16, max_features=256)
         coverage = float(np.prod(patch) / np.prod(shape))
         if best is None or coverage > best[0] + 0.05:
@@ -157,9 +163,8 @@ def _cpu_configuration(fingerprint, spacing, gflop, memory_gb, n_in, n_out) -> d
         if coverage >= 0.5:
             break
     _, sp, shape, patch, network = best
-    return _configuration(sp, shape, patch, 2, network, "cpu", memory_gb,
-                          estimate_memory_gb(network, patch, 2, n_in, n_out, "cpu"),
-                          estimate_gflop(network, patch, 2, n_in, n_out), TRAINING_CPU)
+    est, flop = cost(network, sp, patch, 2)
+    return _configuration(sp, shape, patch, 2, network, "cpu", memory_gb, est, flop, TRAINING_CPU)
 
 
 def _cpu_max_spacing_factor(fingerprint: dict, spacing: list[float]) -> float:

@@ -140,6 +140,12 @@ class Task(Protocol):
     def configure(cls, fingerprint: dict, config: dict) -> dict:
         """Planner additions to one configuration (e.g. anchors); returns the configuration."""
 
+    @classmethod
+    def estimate_network(cls, fingerprint: dict, spacing: list[float], network: dict, device: str) -> dict:
+        """The candidate U-Net ``network`` with what :meth:`configure` will add to it that costs
+        memory and compute (e.g. detection heads), for the planner's patch and batch sizing
+        (:mod:`volseg.planning.memory`); ``spacing`` (z, y, x) mm, ``device`` "cuda" or "cpu"."""
+
     def prepare(self, config: dict) -> None:
         """Bind the configuration about to be trained or predicted with (called once, first)."""
 

@@ -38,6 +38,17 @@ CPU_HEAD = {"head_channels": 16, "head_convs": 1}
 HEAD_CONVS = 2
 
 
+def with_heads(network: dict, detection_levels: list[int], device: str) -> dict:
+    """A plan's U-Net ``network`` as a ``retina_unet`` with heads on ``detection_levels``: as wide
+    as the narrowest level within [32, 128] and :data:`HEAD_CONVS` deep, or :data:`CPU_HEAD` for
+    the CPU configuration (``device`` "cpu")."""
+    widths = [network["features_per_stage"][i] for i in detection_levels]
+    heads = (dict(CPU_HEAD) if device == "cpu" else
+             {"head_channels": int(min(128, max(32, min(widths)))), "head_convs": HEAD_CONVS})
+    return {**network, "architecture": "retina_unet", "detection_levels": [int(v) for v in detection_levels],
+            "num_anchors": ANCHORS_PER_LEVEL, **heads}
+
+
 def detection_defaults(anchors: dict) -> dict:
     """The ``detection`` section of a configuration around planned ``anchors``; the matcher and
     sampler settings are those of :mod:`volseg.detection.matching` (its ``POSITIVE_FRACTION`` is
@@ -81,17 +92,12 @@ class DetectionTask(SegmentationTask):
         """Anchors and detection levels from the training instances; a ``retina_unet`` network."""
         from volseg.planning.anchors import determine_anchors
 
-        net = dict(config["network"])
         try:
-            anchors = determine_anchors(fingerprint, config["spacing"], net["strides"], ANCHORS_PER_LEVEL)
+            anchors = determine_anchors(fingerprint, config["spacing"], config["network"]["strides"],
+                                        ANCHORS_PER_LEVEL)
         except ValueError as e:
             raise PlanError(None, f"detection planning: {e}") from None
-        widths = [net["features_per_stage"][i] for i in anchors["detection_levels"]]
-        net.update(architecture="retina_unet", detection_levels=anchors["detection_levels"],
-                   num_anchors=ANCHORS_PER_LEVEL, head_channels=int(min(128, max(32, min(widths)))),
-                   head_convs=HEAD_CONVS)
-        if config.get("device") == "cpu":
-            net.update(CPU_HEAD)
+        net = with_heads(config["network"], anchors["detection_levels"], config.get("device", "cuda"))
         config = {**config, "network": net, "detection": detection_defaults(anchors)}
         training = dict(config["training"])
         training["loss"] = {**training["loss"], "ignore_label": -1}
@@ -100,6 +106,18 @@ class DetectionTask(SegmentationTask):
             training.update(foreground_oversampling=CPU_FOREGROUND_OVERSAMPLING, optimizer=dict(CPU_OPTIMIZER))
         config["training"] = training
         return config
+
+    @classmethod
+    def estimate_network(cls, fingerprint: dict, spacing: list[float], network: dict, device: str) -> dict:
+        """The candidate U-Net with the heads :meth:`configure` gives it, on the detection levels
+        the training boxes choose for its strides (no anchor search: the levels decide the cost)."""
+        from volseg.planning.anchors import choose_detection_levels, instance_extents_mm
+
+        try:
+            extents_vox = instance_extents_mm(fingerprint) / np.asarray(spacing, dtype=float)
+        except ValueError as e:
+            raise PlanError(None, f"detection planning: {e}") from None
+        return with_heads(network, choose_detection_levels(network["strides"], extents_vox), device)
 
     def loader_options(self, config: dict) -> dict:
         """Training reads the instance maps; a forced sample puts its instance anywhere mid-patch."""

@@ -130,6 +130,11 @@ class SegmentationTask:
         """Segmentation adds nothing to the planner's configuration."""
         return config
 
+    @classmethod
+    def estimate_network(cls, fingerprint: dict, spacing: list[float], network: dict, device: str) -> dict:
+        """The plain U-Net costs what the planner estimates for it."""
+        return network
+
     def prepare(self, config: dict) -> None:
         """Bind the configuration that is trained or predicted with."""
         self.config = config
