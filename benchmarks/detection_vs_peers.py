@@ -10,7 +10,8 @@ trained for the same number of iterations at the plan's patch and batch size:
             predicting the test cases into ``candidates.csv``.
 ``seg``     volseg's U-Net as a detector: a second dataset folder holds the same files with
             ``"task": "segmentation"``, so volseg plans it as segmentation and turns the instance
-            maps into the class "nodule" (same patch, batch, spacing and topology; asserted).
+            maps into the class "nodule"; its plan takes the detection plan's patch and U-Net
+            topology (batch and spacing equal; asserted).
             Trained on fold 0 the same way, predicted with ``save_probabilities`` and without
             post-processing; each 26-connected component of the predicted nodule label is one
             candidate, scored by its maximum nodule probability, placed at its centre of mass.
@@ -192,9 +193,19 @@ def component_candidates(pred: Path, case_ids: list[str], ending: str) -> Path:
 
 
 def plan_seg(data: Path, out: Path, det_config: dict) -> dict:
-    """The same data planned as segmentation; its patch, batch and spacing must equal the detection plan's."""
+    """The same data planned as segmentation, trained at the detection plan's patch and U-Net.
+
+    The detection planner sizes its patch with the heads' cost, so it may choose a smaller patch
+    (and with it other strides) than the segmentation planner; the segmentation plan takes the
+    detection plan's patch and backbone topology, so the two differ only in their heads. Batch
+    and spacing must already be equal."""
+    from volseg.planning.plans import save_plans
+
     plans = plan(segmentation_dataset(data, out / "data_seg"), out / "plan_seg")
     cfg = plans["configurations"][CONFIG]
+    cfg["patch_size"] = list(det_config["patch_size"])
+    cfg["network"].update({k: det_config["network"][k] for k in NETWORK_KEYS + ("n_conv_per_stage_decoder",)})
+    save_plans(plans, out / "plan_seg" / "plans.json")
     differ = [k for k in EQUAL_KEYS if cfg[k] != det_config[k]]
     differ += [f"network.{k}" for k in NETWORK_KEYS if cfg["network"][k] != det_config["network"][k]]
     if plans["task"] != "segmentation" or differ:
