@@ -156,3 +156,42 @@ def test_take_accepts_masks_empty_lists_and_torch_indices():
     assert len(det.take([])) == 0 and det.take([]).boxes.shape == (0, 6)
     assert det.take(np.array([False, True])).scores.tolist() == [0.9]
     assert det.take(torch.tensor([1, 0])).scores.tolist() == [0.9, 0.3]
+
+
+def _wbc_by_definition(boxes, scores, weights, iou_threshold, expected):
+    """WBC of one class written out from its definition, one cluster at a time."""
+    from volseg.evaluation.detection import box_iou_3d
+
+    order = np.argsort(-scores, kind="stable")
+    b, s, w = boxes[order], scores[order], weights[order]
+    free = np.ones(len(b), bool)
+    out = []
+    for i in range(len(b)):
+        if not free[i]:
+            continue
+        members = np.union1d(np.flatnonzero(free & (box_iou_3d(b[i:i + 1], b)[0] >= iou_threshold)), [i])
+        free[members] = False
+        ms, mw = s[members], w[members]
+        cw = ms * mw if (ms * mw).sum() > 0 else mw
+        box = (cw[:, None] * b[members]).sum(axis=0) / cw.sum()
+        score = (mw * ms).sum() / (mw.sum() + max(0, expected - len(members)) * mw.mean())
+        out.append((*box, score, mw.sum()))
+    out = np.asarray(out)
+    return out[np.argsort(-out[:, 6], kind="stable")]
+
+
+@pytest.mark.parametrize("expected", [1, 2, 5])
+def test_wbc_equals_its_definition_bit_for_bit_with_single_and_grouped_clusters(expected):
+    """Single-box clusters are fused all at once; every value must still be the definition's."""
+    rng = np.random.default_rng(expected)
+    centres = rng.uniform(0, 40, (60, 3))
+    lo = np.repeat(centres, 4, axis=0) + rng.normal(0, 1.5, (240, 3))    # groups of near-duplicates
+    lo = np.concatenate([lo, rng.uniform(0, 40, (80, 3))])                # and isolated boxes
+    boxes = np.concatenate([lo, lo + rng.uniform(2, 9, lo.shape)], axis=1)
+    scores, weights = rng.uniform(0.01, 1, len(boxes)), rng.uniform(0.1, 1, len(boxes))
+    fused = weighted_box_clustering(Detections.from_arrays(boxes, scores, weights=weights), 0.3, expected=expected)
+    ref = _wbc_by_definition(boxes, scores, weights, 0.3, expected)
+    assert 0 < (counts := len(fused)) < len(boxes)
+    got = np.column_stack([fused.boxes, fused.scores, fused.weights])
+    assert got.shape == ref.shape == (counts, 8)
+    assert np.array_equal(got, ref)

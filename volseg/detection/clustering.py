@@ -186,8 +186,22 @@ def _wbc_one_class(boxes: np.ndarray, scores: np.ndarray, weights: np.ndarray, i
         out_weights.append(float(mw.sum()))
         return out_scores[-1]
 
-    greedy_clusters(b, s, iou_threshold, fuse, top)
-    return np.asarray(out_boxes).reshape(-1, 6), np.asarray(out_scores), np.asarray(out_weights)
+    if top >= 1:       # the early stop needs each fused score as its cluster is formed
+        greedy_clusters(b, s, iou_threshold, fuse, top)
+        return np.asarray(out_boxes).reshape(-1, 6), np.asarray(out_scores), np.asarray(out_weights)
+    clusters: list[np.ndarray] = []
+    greedy_clusters(b, s, iou_threshold, lambda members: clusters.append(members) or 0.0)
+    # Most clusters of a tile are single boxes: fused all at once, with the operations ``fuse``
+    # performs on one member (a sum or mean of one value is that value), so bit for bit the same.
+    first = np.fromiter((c[0] for c in clusters), np.int64, len(clusters))
+    single = np.fromiter((len(c) == 1 for c in clusters), bool, len(clusters))
+    cb, cs, cw = b[first], s[first], w[first]
+    coord_w = np.where(cs * cw > 0, cs * cw, cw)[:, None]
+    fused_b, fused_s, fused_w = (coord_w * cb) / coord_w, (cw * cs) / (cw + max(0, expected - 1) * cw), cw.copy()
+    for i in np.flatnonzero(~single):
+        fuse(clusters[i])
+        fused_b[i], fused_s[i], fused_w[i] = out_boxes[-1], out_scores[-1], out_weights[-1]
+    return fused_b.reshape(-1, 6), fused_s, fused_w
 
 
 def top_k(scores: Array, k: int, score_threshold: float = 0.0) -> np.ndarray:
