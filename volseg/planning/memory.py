@@ -72,47 +72,35 @@ def parameter_count(network: dict, in_channels: int, num_outputs: int) -> int:
     return int(n)
 
 
-def _heads(network: dict, num_outputs: int) -> list[tuple[int, int]]:
-    """(channels of the detection level, output channels) of every head and level; [] without heads."""
-    levels = network.get("detection_levels") or []
+def _head_layout(network: dict, patch_size: list[int], num_outputs: int) -> tuple[list[tuple[int, float]], tuple, int, int]:
+    """``([(channels, voxels) per detection level], (cls, box) output channels, head_channels,
+    head_convs)``; no levels without heads."""
+    vox = _stage_voxels(patch_size, network["strides"])
+    levels = [(network["features_per_stage"][lv], vox[lv]) for lv in network.get("detection_levels") or []]
     anchors = int(network.get("num_anchors", 0))
     outs = (anchors * max(1, num_outputs - 1), anchors * 6)     # classification (foreground classes), boxes
-    return [(network["features_per_stage"][lv], out) for out in outs for lv in levels]
+    return levels, outs, int(network.get("head_channels", 0)), int(network.get("head_convs", 0))
 
 
 def head_activation_elements(network: dict, patch_size: list[int], num_outputs: int) -> float:
     """Elements the detection heads keep for the backward pass of one sample (0 without heads)."""
-    vox = _stage_voxels(patch_size, network["strides"])
-    ch, convs = int(network.get("head_channels", 0)), int(network.get("head_convs", 0))
-    levels = network.get("detection_levels") or []
-    per_level = [vox[lv] for lv in levels] * 2                 # the same levels for both heads
-    return float(sum(v * (ch * (1 + 3 * convs) + out) for v, (_, out) in zip(per_level, _heads(network, num_outputs))))
+    levels, outs, ch, convs = _head_layout(network, patch_size, num_outputs)
+    return float(sum(v * (ch * (1 + 3 * convs) + out) for out in outs for _, v in levels))
 
 
 def head_parameter_count(network: dict, num_outputs: int) -> int:
     """Weights of the two detection heads (biases and GroupNorm affine included; 0 without heads)."""
-    ch, convs = int(network.get("head_channels", 0)), int(network.get("head_convs", 0))
-    heads = _heads(network, num_outputs)
-    n = 0
-    for head in range(2):
-        mine = heads[head * len(heads) // 2:(head + 1) * len(heads) // 2]
-        if not mine:
-            continue
-        out = mine[0][1]
-        n += sum(c * ch + ch for c, _ in mine)                  # per-level projections
-        n += convs * (ch * ch * 27 + 3 * ch)                    # shared tower
-        n += ch * out * 27 + out                                # output conv
-    return int(n)
+    levels, outs, ch, convs = _head_layout(network, [1, 1, 1], num_outputs)
+    if not levels:
+        return 0
+    projections = sum(c * ch + ch for c, _ in levels)
+    return int(sum(projections + convs * (ch * ch * 27 + 3 * ch) + ch * out * 27 + out for out in outs))
 
 
 def head_flop(network: dict, patch_size: list[int], num_outputs: int) -> float:
     """Forward FLOP of the detection heads for one sample (0 without heads)."""
-    vox = _stage_voxels(patch_size, network["strides"])
-    ch, convs = int(network.get("head_channels", 0)), int(network.get("head_convs", 0))
-    levels = network.get("detection_levels") or []
-    per_level = [vox[lv] for lv in levels] * 2
-    return float(sum(2 * v * (c * ch + convs * ch * ch * 27 + ch * out * 27)
-                     for v, (c, out) in zip(per_level, _heads(network, num_outputs))))
+    levels, outs, ch, convs = _head_layout(network, patch_size, num_outputs)
+    return float(sum(2 * v * (c * ch + convs * ch * ch * 27 + ch * out * 27) for out in outs for c, v in levels))
 
 
 def estimate_memory_gb(network: dict, patch_size: list[int], batch_size: int, in_channels: int,
