@@ -148,8 +148,17 @@ def run_retina(data: Path, out: Path, args) -> dict:
     t0 = time.perf_counter()
     volseg.predict([data / "imagesTs"], pred, fold_dir.parent, device=args.device, progress=False)
     sweep = json.loads((fold_dir.parent / "detection_sweep.json").read_text())
-    return {**rec, "predict_s": time.perf_counter() - t0, "candidates": pred / "candidates.csv",
+    return {**rec, "predict_s": time.perf_counter() - t0, **case_seconds(pred), "candidates": pred / "candidates.csv",
             "sweep": {k: sweep.get(k) for k in ("nms_iou", "wbc_iou", "score_threshold", "min_size_mm", "cpm")}}
+
+
+def case_seconds(pred: Path) -> dict:
+    """Sums over the predicted cases of ``summary.json``'s per-case seconds: ``network`` (the forward
+    passes together with the aggregator's work per tile and member), of it ``boxes`` (scoring,
+    decoding, NMS and the WBC per tile), and ``clustering`` (the WBC over tiles)."""
+    cases = json.loads((pred / "summary.json").read_text())["cases"].values()
+    return {f"{key}_s": sum(float((c.get("seconds") or {}).get(key, 0.0)) for c in cases)
+            for key in ("network", "boxes", "clustering")}
 
 
 def curve_table(points: list[dict]) -> str:
@@ -225,7 +234,7 @@ def run_seg(data: Path, out: Path, args, plans: dict) -> dict:
                    save_probabilities=True, postprocess=False)
     cases = (data / "scansTs.txt").read_text().split()
     csv = component_candidates(pred, cases, plans["dataset"].get("file_ending", ".nii.gz"))
-    return {**rec, "predict_s": time.perf_counter() - t0, "candidates": csv,
+    return {**rec, "predict_s": time.perf_counter() - t0, **case_seconds(pred), "candidates": csv,
             "network": cfg["network"]["architecture"]}
 
 
@@ -278,7 +287,9 @@ def table(results: dict) -> str:
     rows = [("CPM", "cpm", ".3f"), ("CPM 95% CI", "cpm_ci", None),
             *[(f"sens @ {r} FP/scan", f"sens@{r}", ".3f") for r in RATES],
             ("candidates", "num_candidates", "d"), ("train loop (s)", "train_s", ".1f"),
-            ("train call (s)", "train_call_s", ".1f"), ("inference (s)", "predict_s", ".1f")]
+            ("train call (s)", "train_call_s", ".1f"), ("inference (s)", "predict_s", ".1f"),
+            ("  forward + adds (s)", "network_s", ".1f"), ("  of it box work (s)", "boxes_s", ".1f"),
+            ("  WBC of tiles (s)", "clustering_s", ".1f")]
     w = 22
     head = f"{'':<20}" + "".join(f"{METHODS[m]:>{w}}" for m in methods)
     head += "".join(f"{m + ' / retina':>{w}}" for m in others)

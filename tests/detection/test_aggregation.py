@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from volseg.detection.aggregation import BoxAggregator, BoxResult, centre_weight, tile_nms
+from volseg.detection.aggregation import BoxAggregator, BoxResult, centre_weight, peak_mask, tile_nms
 from volseg.detection.boxes import flip_boxes
 from volseg.detection.clustering import nms
 from volseg.detection.coder import BoxCoder
@@ -110,6 +110,35 @@ def test_one_fused_box_at_the_cube_through_tiles_and_mirroring():
     # 8 tiles see the whole cube, 8 mirrorings each; NMS removed every weak duplicate
     assert res.num_candidates == 64
     assert set(res.timings) == {"boxes", "clustering"}
+
+
+def test_peak_picking_keeps_the_cube_and_drops_its_neighbours():
+    plain, _ = run_sliding_window(CubeDetector(), _image((40, 48, 48), CUBE), PATCH, _aggregator(),
+                                  mirror_axes=(0,), tile_batch=3)
+    peaks, _ = run_sliding_window(CubeDetector(), _image((40, 48, 48), CUBE), PATCH, _aggregator(peak_window=3),
+                                  mirror_axes=(0,), tile_batch=3)
+    np.testing.assert_array_equal(peaks.boxes, plain.boxes)      # the firing cell is a peak: same fusion
+    np.testing.assert_array_equal(peaks.scores, plain.scores)
+    assert peaks.num_candidates == plain.num_candidates
+
+
+def test_peak_mask_keeps_every_anchor_of_the_peak_cells_per_class():
+    b, z, y, x = 2, 4, 6, 6
+    logits = torch.full((b, A, K, z, y, x), -5.0)
+    logits[0, 1, 1, 1, 2, 2] = 3.0                                 # class 1: a blob around (1, 2, 2) ...
+    logits[0, 0, 1, 1, 2, 3] = 2.0
+    logits[0, 1, 1, 2, 2, 2] = 1.0
+    logits[0, 0, 1, 3, 5, 5] = 0.5                                 # ... and a weaker, distant peak
+    logits[1, 0, 0, 0, 0, 0] = 1.0                                 # tile 1, class 0: two tied cells
+    logits[1, 1, 0, 0, 0, 1] = 1.0
+    mask = peak_mask(logits.reshape(b, A * K, z, y, x), A, 3).view(b, A, K, z, y, x)
+    assert mask[0, :, 1, 1, 2, 2].all() and mask[0, :, 1, 3, 5, 5].all()   # both anchors of each peak cell
+    assert not mask[0, :, 1, 1, 2, 3].any() and not mask[0, :, 1, 2, 2, 2].any()   # the blob's other cells
+    assert not mask[0, :, 1, 0, 1, 1].any()                       # background next to the blob
+    assert mask[0, :, 0, 1, 2, 3].all()                           # class 0 does not see class 1's blob
+    assert mask[1, :, 0, 0, 0, 0].all() and mask[1, :, 0, 0, 0, 1].all()   # ties both stay
+    assert not mask[1, :, 0, 0, 1, 1].any()
+    assert peak_mask(logits.reshape(b, A * K, z, y, x), A, 1).all()
 
 
 def test_mirrored_image_gives_the_mirrored_box():
@@ -231,6 +260,8 @@ def test_bad_inputs_are_refused():
         _aggregator(nms_iou=0.0)
     with pytest.raises(ValueError, match="top_k_per_tile"):
         _aggregator(top_k_per_tile=0)
+    with pytest.raises(ValueError, match="peak_window"):
+        _aggregator(peak_window=2)
     with pytest.raises(ValueError, match="divisible"):
         BoxAggregator(ANCHORS, (15, 32, 32), num_classes=K, num_anchors=A)
     agg = _aggregator()

@@ -167,6 +167,16 @@ def test_out_of_range_augmentation_values_are_refused(plans_by_task):
         validate_plans(plans, "plans.json")
 
 
+def test_an_even_peak_window_is_refused(plans_by_task):
+    plans, cfg = _edited(plans_by_task[("detection", "cpu")])
+    cfg["detection"]["inference"]["peak_window"] = 4
+    with pytest.raises(PlanError, match=r"^plans.json: invalid plan at configurations/3d_cpu/detection/inference/"
+                                        r"peak_window: 4 is even"):
+        validate_plans(plans, "plans.json")
+    cfg["detection"]["inference"]["peak_window"] = 0
+    with pytest.raises(PlanError, match=r"peak_window: 0 is less than the minimum of 1"):
+        validate_plans(plans, "plans.json")
+
 
 def test_unknown_architecture_and_region_order_name_the_plan(plans_by_task):
     """Regression: an unknown architecture was reported without the file, at network build time."""

@@ -154,3 +154,7 @@ def test_aggregator_takes_the_swept_ious_only_when_post_processing(lung_plan):
         agg = task.aggregator(cfg, props, opts, cpu, cal if opts.postprocess is False or opts.calibrated else {})
         assert (agg.nms_iou, agg.wbc_iou) == (inf["nms_iou"], inf["wbc_iou"])
     assert task.aggregator(cfg, props, PredictOptions(**task.validation_options()), cpu, cal).record
+    assert (agg.peak_window, agg.top_k) == (inf["peak_window"], inf["top_k_per_tile"]) == (3, 100)
+    del inf["peak_window"], inf["top_k_per_tile"]           # a plan written before the two keys
+    agg = task.aggregator(cfg, props, PredictOptions(), cpu, cal)
+    assert (agg.peak_window, agg.top_k) == (1, 1000)

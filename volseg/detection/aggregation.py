@@ -5,9 +5,10 @@ turns the head outputs of every tile and ensemble member (network × mirroring) 
 the CPU and fuses them with weighted box clustering (WBC,
 :func:`~volseg.detection.clustering.weighted_box_clustering`) in two steps::
 
-    add     per tile and member  sigmoid scores (B, N, K) → top-k ≥ score_floor → decode (anchors of
-                                 the patch) → un-mirror within the patch → tile weight at the box
-                                 centre → NMS per class (tile_nms) → tile offset − padding → clip to the image
+    add     per tile and member  sigmoid scores (B, N, K) → the anchors of peak cells (peak_window) →
+                                 top-k ≥ score_floor → decode (anchors of the patch) → un-mirror
+                                 within the patch → tile weight at the box centre → NMS per class
+                                 (tile_nms) → tile offset − padding → clip to the image
     commit  per tile             WBC over its members, expected = grid.members
     finish  per case             WBC over the tiles, expected = 1 → the max_detections highest scores
 
@@ -59,10 +60,10 @@ from volseg.detection.coder import BoxCoder
 from volseg.detection.greedy import greedy_nms
 from volseg.inference.dense import DenseAggregator, SlidingWindowResult
 from volseg.kernels.gaussian import gaussian_1d
-from volseg.networks.retina_unet import anchor_boxes, flatten_level_outputs
+from volseg.networks.retina_unet import anchor_boxes, flatten_level_outputs, head_rows
 from volseg.tasks.base import TileGrid
 
-__all__ = ["BoxAggregator", "BoxResult", "centre_weight", "fuse_members", "fuse_tiles", "tile_detections",
+__all__ = ["BoxAggregator", "BoxResult", "centre_weight", "peak_mask", "fuse_members", "fuse_tiles", "tile_detections",
            "tile_nms"]
 
 
@@ -115,6 +116,30 @@ def centre_weight(boxes: torch.Tensor, weights_1d: Sequence[torch.Tensor]) -> to
         frac = t - i0.float()
         out = out * (w[i0] * (1.0 - frac) + w[i1] * frac)
     return out
+
+
+def peak_mask(cls_map: torch.Tensor, num_anchors: int, window: int) -> torch.Tensor:
+    """Anchors at the cells that hold their neighbourhood's highest score, per class.
+
+    A nodule lights up a blob of neighbouring cells, each with boxes that NMS and WBC then
+    fuse again; keeping only the blob's peak cell hands them one cell's anchors instead, so
+    that the top-k per tile holds distinct objects rather than one object's neighbours, and
+    the fusions' pairwise IoUs shrink with it. A cell is a peak of class k when the highest
+    logit of k over its anchors is the maximum over the ``window``³ cells around it (ties:
+    every tied cell stays; logits rank as the sigmoid scores do).
+
+    Args:
+        cls_map: One level's classification logits (B, A * K, z, y, x), channel ``a * K + k``.
+        num_anchors: A, anchors per cell.
+        window: Odd neighbourhood edge in cells (≥ 3 to have an effect).
+
+    Returns:
+        bool (B, A * K, z, y, x): True for every anchor of class k at a peak cell of k.
+    """
+    b, c, z, y, x = cls_map.shape
+    best = cls_map.float().view(b, num_anchors, c // num_anchors, z, y, x).amax(1)        # (B, K, z, y, x)
+    peak = best >= torch.nn.functional.max_pool3d(best, window, stride=1, padding=window // 2)
+    return peak.unsqueeze(1).expand(b, num_anchors, *peak.shape[1:]).reshape(b, c, z, y, x)
 
 
 def tile_nms(boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray, iou_threshold: float) -> np.ndarray:
@@ -205,6 +230,9 @@ class BoxAggregator:
         score_floor: Boxes with a lower sigmoid score are dropped in every tile.
         top_k_per_tile: Highest (anchor, class) scores kept per tile and member before NMS;
             -1 keeps all.
+        peak_window: Odd edge, in feature cells, of the neighbourhood in which a cell must hold
+            the highest score of its class (over its anchors) for its anchors to be kept, per
+            level, tile and member, before the top-k (:func:`peak_mask`); 1 keeps every cell.
         nms_iou: IoU above which NMS drops the lower-scoring box of a class, per tile and member.
         wbc_iou: IoU with a cluster's top box needed to join it, in (0, 1], in both WBC steps.
         max_detections: Fused boxes kept per case (highest scores); -1 keeps all.
@@ -228,7 +256,7 @@ class BoxAggregator:
 
     def __init__(self, anchors_plan: dict, patch_size: Sequence[int], num_classes: int, num_anchors: int,
                  coder: BoxCoder | None = None, score_floor: float = 0.01, top_k_per_tile: int = 1000,
-                 nms_iou: float = 0.5, wbc_iou: float = 0.2, max_detections: int = 100,
+                 peak_window: int = 1, nms_iou: float = 0.5, wbc_iou: float = 0.2, max_detections: int = 100,
                  sigma_scale: float = 0.125, dense: DenseAggregator | None = None,
                  gaussian_center: str = "middle", record: bool = False) -> None:
         self.patch = tuple(int(p) for p in patch_size)
@@ -242,6 +270,9 @@ class BoxAggregator:
         self.coder = BoxCoder() if coder is None else coder
         self.score_floor = _check_fraction("score_floor", score_floor, low_open=False)
         self.top_k = _check_count("top_k_per_tile", top_k_per_tile, allow_all=True)
+        self.peak_window = _check_count("peak_window", peak_window)
+        if self.peak_window % 2 == 0:
+            raise ValueError(f"peak_window: expected an odd number of cells, found {peak_window}")
         self.nms_iou = _check_fraction("nms_iou", nms_iou)
         self.wbc_iou = _check_fraction("wbc_iou", wbc_iou)
         self.max_detections = _check_count("max_detections", max_detections, allow_all=True)
@@ -298,7 +329,9 @@ class BoxAggregator:
         t0 = time.perf_counter()
         cls, deltas = self._flatten(output, len(offsets))
         axes = [int(d) - 2 for d in flip_dims]
-        scores, tile, anchor, label = self._candidates(cls)
+        peaks = None if self.peak_window == 1 else torch.cat(
+            [head_rows(peak_mask(c, self.a, self.peak_window), self.a) for c in output["cls"]], dim=1)
+        scores, tile, anchor, label = self._candidates(cls, peaks)
         boxes = self.coder.decode(deltas[tile, anchor].float(), self.anchors[anchor])
         if axes:
             boxes = flip_boxes(boxes, axes, self.patch)
@@ -359,14 +392,17 @@ class BoxAggregator:
                              f"{self.patch}, found {tuple(cls.shape)}")
         return cls, deltas
 
-    def _candidates(self, cls: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """Per tile the top-k (anchor, class) sigmoid scores >= ``score_floor``.
+    def _candidates(self, cls: torch.Tensor, keep: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
+        """Per tile the top-k (anchor, class) sigmoid scores >= ``score_floor``, among ``keep`` (B, N, K) when given.
 
         Returns:
             ``(scores, tile, anchor, label)``: (M,) float32 scores and int64 indices.
         """
         b = cls.shape[0]
-        probs = torch.sigmoid(cls.float()).reshape(b, -1)                 # index = anchor * K + class
+        probs = torch.sigmoid(cls.float())
+        if keep is not None:
+            probs = probs.masked_fill(~keep, -1.0)                      # below any floor
+        probs = probs.reshape(b, -1)                                     # index = anchor * K + class
         k = probs.shape[1] if self.top_k < 0 else min(self.top_k, probs.shape[1])
         vals, idx = probs.topk(k, dim=1)
         tile, col = torch.nonzero(vals >= self.score_floor, as_tuple=True)   # NaN scores fail the test

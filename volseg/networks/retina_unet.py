@@ -286,13 +286,14 @@ def flatten_level_outputs(cls_maps: Sequence[torch.Tensor], box_maps: Sequence[t
         if c.shape[1] % num_anchors or b.shape[1] != num_anchors * len(BOX_DELTAS):
             raise ValueError(f"level {i}: expected A * K cls and A * 6 box channels with A = {num_anchors}, found "
                              f"{c.shape[1]} and {b.shape[1]}")
-        cls_rows.append(_rows(c, num_anchors))
-        box_rows.append(_rows(b, num_anchors))
+        cls_rows.append(head_rows(c, num_anchors))
+        box_rows.append(head_rows(b, num_anchors))
     return torch.cat(cls_rows, dim=1), torch.cat(box_rows, dim=1)
 
 
-def _rows(head_map: torch.Tensor, num_anchors: int) -> torch.Tensor:
-    """(B, A * V, z, y, x) → (B, z * y * x * A, V), cell major, anchor minor."""
+def head_rows(head_map: torch.Tensor, num_anchors: int) -> torch.Tensor:
+    """One level's (B, A * V, z, y, x) head map → (B, z * y * x * A, V) rows, cell major, anchor minor
+    (the ordering of :func:`flatten_level_outputs`); any dtype."""
     b, c, z, y, x = head_map.shape
     v = c // num_anchors
     return head_map.view(b, num_anchors, v, z, y, x).permute(0, 3, 4, 5, 1, 2).reshape(b, -1, v)

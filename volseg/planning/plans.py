@@ -90,6 +90,10 @@ def validate_plans(plans: dict, path: str | os.PathLike | None = None) -> dict:
         if bad:
             raise PlanError(path, f"configurations/{name}/patch_size {cfg['patch_size']} is not a multiple of the "
                             f"network's total stride {step}")
+        window = ((cfg.get("detection") or {}).get("inference") or {}).get("peak_window", 1)
+        if window % 2 == 0:
+            raise PlanError(path, f"invalid plan at configurations/{name}/detection/inference/peak_window: {window} is "
+                            "even; a peak's neighbourhood needs an odd edge (1 keeps every cell)")
     return plans
 
 
