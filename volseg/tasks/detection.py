@@ -71,8 +71,9 @@ def detection_defaults(anchors: dict) -> dict:
                     "positive_fraction": matching.POSITIVE_FRACTION, "min_neg": matching.MIN_NEGATIVES,
                     "pool_size": matching.POOL_SIZE},
         "loss": {"cls": "bce", "seg_weight": 1.0},
-        "inference": {"score_floor": 0.01, "peak_window": PEAK_WINDOW, "top_k_per_tile": TOP_K_PER_TILE, "nms_iou": 0.5, "wbc_iou": 0.2, "max_detections": 100,
-                      "score_threshold": 0.0, "min_size_mm": 0.0},
+        "inference": {"score_floor": 0.01, "peak_window": PEAK_WINDOW, "top_k_per_tile": TOP_K_PER_TILE,
+                      "nms_iou": 0.5, "wbc_iou": 0.2, "max_detections": 100, "score_threshold": 0.0,
+                      "min_size_mm": 0.0},
     }
 
 
