@@ -112,7 +112,7 @@ def test_one_fused_box_at_the_cube_through_tiles_and_mirroring():
     assert set(res.timings) == {"boxes", "clustering"}
 
 
-def test_peak_picking_keeps_the_cube_and_drops_its_neighbours():
+def test_peak_picking_keeps_the_firing_cell_and_its_fused_box():
     plain, _ = run_sliding_window(CubeDetector(), _image((40, 48, 48), CUBE), PATCH, _aggregator(),
                                   mirror_axes=(0,), tile_batch=3)
     peaks, _ = run_sliding_window(CubeDetector(), _image((40, 48, 48), CUBE), PATCH, _aggregator(peak_window=3),

@@ -40,7 +40,7 @@ HEAD_CONVS = 2
 # neighbourhood, then the 100 highest. Lung demo, one 400-iteration model, 8 test cases at the
 # IoUs swept for the plain top 1000 / 4 held-out cases at the plan's IoUs: CPM 0.690 / 0.671 with
 # the top 1000 of every cell; with peaks 0.738 / 0.800 (top 1000), 0.714 / 0.800 (300), 0.714 /
-# 0.771 (200), 0.667 / 0.786 (100), and the box work per case 5.3, 1.4, 1.0 and 0.7 s against
+# 0.771 (200), 0.667 / 0.786 (100), and the box work per case 5.3, 1.4, 1.0 (machine shared) and 0.7 s against
 # 3.7 s (top 1000 of every cell: NMS keeps more of the distinct peaks, so WBC has more to fuse).
 PEAK_WINDOW = 3
 TOP_K_PER_TILE = 100
@@ -203,7 +203,7 @@ class DetectionTask(SegmentationTask):
         dense = super().aggregator(config, props, options, device, calibration)
         return BoxAggregator(config["detection"]["anchors"], config["patch_size"], self.num_classes,
                              config["network"]["num_anchors"], coder=BoxCoder(), score_floor=inf["score_floor"],
-                             peak_window=inf.get("peak_window", 1), top_k_per_tile=inf.get("top_k_per_tile", 1000),
+                             **{k: inf[k] for k in ("peak_window", "top_k_per_tile") if k in inf},  # else the aggregator's
                              nms_iou=sweep.get("nms_iou", inf["nms_iou"]) if swept else inf["nms_iou"],
                              wbc_iou=sweep.get("wbc_iou", inf["wbc_iou"]) if swept else inf["wbc_iou"],
                              max_detections=inf["max_detections"],
