@@ -65,6 +65,27 @@ def test_slab_mode_equals_full_mode_and_ensembles():
     assert auto.timings["slab_mode"] and torch.equal(auto.labels, full.labels)
 
 
+def test_slab_along_y_equals_full_mode():
+    from volseg.inference.dense import dense_aggregator, slab_axis
+
+    nets = [_net(seed=0), _net(seed=1)]
+    img = torch.randn(2, 20, 45, 24)  # the patch is the smallest fraction of y
+    assert slab_axis(img.shape[1:], (12, 12, 16)) == 1
+    assert dense_aggregator(3, img.shape[1:], (12, 12, 16)).row_axis == 1
+    assert dense_aggregator(3, img.shape[1:], (12, 12, 16), backend="triton").row_axis == 0  # z only there
+    kw = dict(return_probabilities=True, return_uncertainty=True, mirror_axes=(1, 2), tile_batch=3)
+    full = predict_sliding_window(nets, img, (12, 12, 16), 3, slab=False, **kw)
+    slab = predict_sliding_window(nets, img, (12, 12, 16), 3, **kw)
+    assert slab.timings["slab_mode"] and not full.timings["slab_mode"]
+    # the tiles of a voxel are summed in another order (y rows first): labels equal but for exact ties
+    assert (full.labels != slab.labels).float().mean() < 1e-3
+    for f in ("probabilities", "max_prob", "entropy", "expected_entropy", "mutual_information"):
+        torch.testing.assert_close(getattr(full, f), getattr(slab, f), atol=1e-3, rtol=0)
+    logits = predict_sliding_window(nets, img, (12, 12, 16), 3, slab=True, return_logits=True, **kw)
+    ref = predict_sliding_window(nets, img, (12, 12, 16), 3, slab=False, return_logits=True, **kw)
+    torch.testing.assert_close(logits.logits.float(), ref.logits, atol=5e-3, rtol=1e-3)
+
+
 def test_probabilities_and_entropy_are_consistent():
     res = predict_sliding_window(_net(), torch.randn(2, 20, 20, 20), (16, 16, 16), 3, return_probabilities=True,
                                  return_uncertainty=True)
@@ -223,9 +244,9 @@ def test_uncertainty_off_adds_no_channels_and_the_budget_counts_the_extra_ones()
     assert res.expected_entropy is None and res.mutual_information is None and res.max_prob is None
     voxels = 40 * 40 * 40
     budget = 4 * 4 * voxels  # between K = 3 and K + 2 = 5 fp32 channels
-    # less than two patches deep: the budget decides (at least two: slab mode on the CPU)
-    off = dense_aggregator(3, (40, 40, 40), (24, 16, 16), memory_budget_bytes=budget)
-    on = dense_aggregator(3, (40, 40, 40), (24, 16, 16), return_uncertainty=True, memory_budget_bytes=budget)
+    # less than two patches long in z and y: the budget decides (at least two: slab mode on the CPU)
+    off = dense_aggregator(3, (40, 40, 40), (24, 24, 16), memory_budget_bytes=budget)
+    on = dense_aggregator(3, (40, 40, 40), (24, 24, 16), return_uncertainty=True, memory_budget_bytes=budget)
     assert not off.row_wise and on.row_wise
     assert off.channels == 3 and on.channels == 5
     assert dense_aggregator(3, (40, 40, 40), (16, 16, 16)).row_wise

@@ -36,7 +36,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
                         "argmax and post-processing; writes maps/CASE_possible (voxels the calibrated set adds)")
     p.add_argument("--calibration", help="a calibration.json other than MODEL/calibration.json (implies --calibrated)")
     p.add_argument("--memory-gb", type=float,
-                   help="memory budget of the stitching buffers; above it z-slab mode is used (default: automatic)")
+                   help="memory budget of the stitching buffers; above it slab mode is used (default: automatic)")
     p.add_argument("--backend", choices=["auto", "torch", "triton"], default="auto",
                    help="stitching kernels: Triton on CUDA, torch on the CPU (default auto)")
     p.add_argument("--runtime", choices=["auto", "torch", "openvino", "onnxruntime"], default="auto",

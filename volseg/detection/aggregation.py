@@ -247,7 +247,7 @@ class BoxAggregator:
 
     Attributes:
         row_wise: False (boxes do not depend on the row order), unless ``dense`` works in
-            slab mode, whose row-by-row order the engine then follows.
+            slab mode, whose row-by-row order (along ``row_axis``) the engine then follows.
 
     Raises:
         ValueError: A malformed anchor plan or patch, another number of shapes than
@@ -282,6 +282,7 @@ class BoxAggregator:
         self.gaussian_center = gaussian_center
         self.dense = dense
         self.row_wise = bool(dense.row_wise) if dense is not None else False
+        self.row_axis = int(dense.row_axis) if dense is not None else 0
         self.record = bool(record)
         self.recorder: CandidateRecorder | None = None
         self._batch: dict[int, list[Detections]] = {}   # tile of the batch → its members' boxes
@@ -309,9 +310,9 @@ class BoxAggregator:
         if self.dense is not None:
             self.dense.setup(grid)
 
-    def start_row(self, z: int) -> None:
+    def start_row(self, start: int) -> None:
         if self.dense is not None:
-            self.dense.start_row(z)
+            self.dense.start_row(start)
 
     def add(self, output: Any, offsets: Sequence[tuple[int, int, int]], flip_dims: Sequence[int]) -> None:
         """Keep the boxes of one member's output for a batch of B tiles.

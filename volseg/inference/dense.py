@@ -15,9 +15,11 @@ covering a voxel, of the tile-local value. Without uncertainty nothing of this r
 
 Memory: in full mode the accumulator is K × Z × Y × X fp32 (K + 2 channels with
 uncertainty, plus, per batch of tiles, one more tile-sized Σ_m p_m of K channels). In slab
-mode the tiles come row by row in z order, and the accumulator holds one patch depth of
-slices: whenever the next row starts further in z, the slices before it can receive nothing
-more and are finalized and released.
+mode the tiles come row by row along one axis (the slab axis, z or y), and the accumulator
+holds one patch extent of slices along it: whenever the next row starts further, the slices
+before it can receive nothing more and are finalized and released. The slab axis is the one
+whose patch extent is the smallest fraction of the image (:func:`slab_axis`), so that the
+slab, K × patch extent × the other two sides, is the smallest.
 """
 
 from __future__ import annotations
@@ -78,13 +80,22 @@ class DenseAggregator:
             information (2 more accumulator channels, one softmax per member and tile).
         return_logits: Keep the averaged logits instead of finalizing (no labels); with
             uncertainty, followed by the 2 member-term channels.
-        slab: Slab mode (bounded memory, tiles row by row in z) instead of one full accumulator.
+        slab: Slab mode (bounded memory, tiles row by row along ``axis``) instead of one full
+            accumulator.
         gaussian_center: Where the tile weights peak (:data:`volseg.kernels.gaussian.GAUSSIAN_CENTERS`).
+        axis: The slab axis, 0 (z) or 1 (y); the Triton kernels take z only.
+
+    Raises:
+        ValueError: ``axis`` is not 0 or 1, or 1 with the Triton kernels.
     """
 
     def __init__(self, num_classes: int, sigma_scale: float = 0.125, use_triton: bool = False,
                  mode: str = "softmax", return_probabilities: bool = False, return_uncertainty: bool = False,
-                 return_logits: bool = False, slab: bool = False, gaussian_center: str = "middle") -> None:
+                 return_logits: bool = False, slab: bool = False, gaussian_center: str = "middle",
+                 axis: int = 0) -> None:
+        if axis not in (0, 1) or (axis == 1 and use_triton):
+            raise ValueError(f"slab axis: expected 0 (z){'' if use_triton else ' or 1 (y)'}, found {axis!r}")
+        self.row_axis = int(axis)
         self.k, self.sigma_scale, self.triton, self.mode = num_classes, sigma_scale, use_triton, mode
         self.gaussian_center = gaussian_center
         self.probs, self.unc, self.logits, self.row_wise = return_probabilities, return_uncertainty, return_logits, slab
@@ -99,24 +110,25 @@ class DenseAggregator:
         self.w = [gaussian_1d(p, self.sigma_scale, grid.device, self.gaussian_center) for p in grid.patch]
         self.norms = [normalizer_1d(s, st, wi) for s, st, wi in zip(grid.shape, grid.starts, self.w)]
         self.weight = None if self.triton else patch_weight(*self.w)
-        self.weight_mean = None if self.triton else self.weight / grid.members  # for the member-mean logits
-        zsz, ysz, xsz = grid.shape
+        self.weight_mean = None  # for the member-mean logits (the weight itself for one member)
+        if self.weight is not None:
+            self.weight_mean = self.weight if grid.members == 1 else self.weight / grid.members
+        shape = list(grid.shape)
         if self.row_wise:
             self.outs = self._alloc_cpu(grid.shape)
-            self.acc = torch.zeros((self.channels, grid.patch[0], ysz, xsz), dtype=torch.float32, device=grid.device)
-        else:
-            self.acc = torch.zeros((self.channels, zsz, ysz, xsz), dtype=torch.float32, device=grid.device)
-        self.lo = 0  # z of acc[:, 0]
+            shape[self.row_axis] = grid.patch[self.row_axis]
+        self.acc = torch.zeros((self.channels, *shape), dtype=torch.float32, device=grid.device)
+        self.lo = 0  # start, along the slab axis, of the accumulator's first slice
 
-    def start_row(self, z: int) -> None:
-        if self.row_wise and z > self.lo:  # slices lo..z-1 are complete: finalize and shift the buffer
-            shift = z - self.lo
-            self._emit(self.acc[:, :shift], self.lo)
-            keep = self.grid.patch[0] - shift
+    def start_row(self, start: int) -> None:
+        if self.row_wise and start > self.lo:  # slices lo..start-1 are complete: finalize and shift the buffer
+            dim, shift = 1 + self.row_axis, start - self.lo
+            self._emit(self.acc.narrow(dim, 0, shift), self.lo)
+            keep = self.grid.patch[self.row_axis] - shift
             for i in range(keep):  # slice by slice towards the front: no copy of the buffer
-                self.acc[:, i].copy_(self.acc[:, i + shift])
-            self.acc[:, keep:] = 0
-            self.lo = z
+                self.acc.select(dim, i).copy_(self.acc.select(dim, i + shift))
+            self.acc.narrow(dim, keep, shift).zero_()
+            self.lo = start
 
     def add(self, output, offsets: Sequence[tuple[int, int, int]], flip_dims: Sequence[int]) -> None:
         out = output[0] if isinstance(output, (list, tuple)) else output
@@ -140,7 +152,8 @@ class DenseAggregator:
             tiles[:, :self.k] /= self.grid.members
             tiles[:, self.k] = eh
             tiles[:, self.k + 1] = mi
-        local = [(z - self.lo, y, x) for z, y, x in offsets]
+        a, lo = self.row_axis, self.lo
+        local = [tuple(c - lo if i == a else c for i, c in enumerate(o)) for o in offsets]
         if self.triton:
             if not self.terms:
                 tiles /= self.grid.members
@@ -150,10 +163,10 @@ class DenseAggregator:
 
     def finish(self) -> SlidingWindowResult:
         if self.row_wise:
-            self._emit(self.acc[:, :self.grid.shape[0] - self.lo], self.lo)
+            self._emit(self.acc.narrow(1 + self.row_axis, 0, self.grid.shape[self.row_axis] - self.lo), self.lo)
             out = self.outs
         else:
-            res = self._finalize(self.acc, self.norms[0])
+            res = self._finalize(self.acc, self.norms)
             if self.logits:
                 out = {"logits": res.cpu()}
             else:
@@ -163,11 +176,10 @@ class DenseAggregator:
             res.expected_entropy, res.mutual_information = res.logits[self.k], res.logits[self.k + 1]
         return res
 
-    def _finalize(self, acc: torch.Tensor, nz: torch.Tensor) -> Finalized | torch.Tensor:
+    def _finalize(self, acc: torch.Tensor, norms: Sequence[torch.Tensor]) -> Finalized | torch.Tensor:
         if self.logits:
-            return normalize_torch(acc, nz, self.norms[1], self.norms[2])
-        return finalize(acc, nz, self.norms[1], self.norms[2], self.mode, self.probs, self.unc, self.backend,
-                        self.terms)
+            return normalize_torch(acc, *norms)
+        return finalize(acc, *norms, self.mode, self.probs, self.unc, self.backend, self.terms)
 
     def _alloc_cpu(self, shape) -> dict:
         if self.logits:
@@ -175,17 +187,19 @@ class DenseAggregator:
         res = allocate_outputs(self.k, shape, "cpu", self.mode, self.probs, self.unc, self.terms)
         return {f: getattr(res, f) for f in _FIELDS}
 
-    def _emit(self, block: torch.Tensor, z0: int) -> None:
+    def _emit(self, block: torch.Tensor, start: int) -> None:
         """Finalize the complete slices ``block`` (a view of the buffer, which they leave: it
-        may be normalized in place) into the outputs at ``z0``."""
-        n = block.shape[1]
-        res = self._finalize(block, self.norms[0][z0:z0 + n])
+        may be normalized in place) into the outputs at ``start`` along the slab axis."""
+        a = self.row_axis
+        n = block.shape[1 + a]
+        norms = [nv[start:start + n] if i == a else nv for i, nv in enumerate(self.norms)]
+        res = self._finalize(block, norms)
         if self.logits:
-            self.outs["logits"][:, z0:z0 + n] = res.half().cpu()
+            self.outs["logits"].narrow(1 + a, start, n).copy_(res)
             return
         for f, v in self.outs.items():
             if v is not None:
-                v[..., z0:z0 + n, :, :] = getattr(res, f).cpu()
+                v.narrow(v.ndim - 3 + a, start, n).copy_(getattr(res, f))
 
 
 _FIELDS = ("labels", "probabilities", "max_prob", "entropy", "expected_entropy", "mutual_information")
@@ -200,17 +214,26 @@ def _crop(out: dict, pads: list[tuple[int, int]]) -> SlidingWindowResult:
 DEFAULT_MEMORY_BUDGET = 4 * 1024 ** 3
 
 
+def slab_axis(image_shape: Sequence[int], patch_size: Sequence[int], axes: Sequence[int] = (0, 1)) -> int:
+    """The axis among ``axes`` whose patch extent is the smallest fraction of the (padded) image,
+    so that a slab of one patch extent along it, K × patch × the other two sides, is the smallest
+    (ties: the lower axis). Shapes are (z, y, x), voxels."""
+    padded = [max(int(s), int(p)) for s, p in zip(image_shape, patch_size)]
+    return min(axes, key=lambda a: (int(patch_size[a]) / padded[a], a))
+
+
 def dense_aggregator(num_classes: int, image_shape: Sequence[int], patch_size: Sequence[int],
                      sigma_scale: float = 0.125, backend: str = "auto", device: torch.device | str = "cpu",
                      mode: str = "softmax", return_probabilities: bool = False, return_uncertainty: bool = False,
                      return_logits: bool = False, slab: bool | None = None,
                      memory_budget_bytes: int | None = None, gaussian_center: str = "middle") -> DenseAggregator:
     """A :class:`DenseAggregator` for an image of spatial ``image_shape`` (z, y, x), choosing the
-    backend ("auto": Triton on CUDA when installed) and slab mode (``None``: on the CPU whenever
-    the image is at least two patches deep and finalized outputs are asked for, since slab mode
-    is as fast there and holds a patch depth of slices instead of the volume; otherwise when the
-    full fp32 accumulator over the padded image, K channels or K + 2 with ``return_uncertainty``,
-    would exceed ``memory_budget_bytes``, default 4 GiB)."""
+    backend ("auto": Triton on CUDA when installed), the slab axis (:func:`slab_axis`; z only with
+    the Triton kernels) and slab mode (``None``: on the CPU whenever the image is at least two
+    patches long along that axis and finalized outputs are asked for, since slab mode is as fast
+    there and holds one patch extent of slices instead of the volume; otherwise when the full fp32
+    accumulator over the padded image, K channels or K + 2 with ``return_uncertainty``, would
+    exceed ``memory_budget_bytes``, default 4 GiB)."""
     from volseg.kernels.finalize import triton_available
 
     device = torch.device(device)
@@ -218,10 +241,10 @@ def dense_aggregator(num_classes: int, image_shape: Sequence[int], patch_size: S
     use_triton = backend == "triton" or (backend == "auto" and device.type == "cuda" and triton_available())
     budget = DEFAULT_MEMORY_BUDGET if memory_budget_bytes is None else memory_budget_bytes
     channels = num_classes + 2 if return_uncertainty else num_classes
+    axis = slab_axis(padded, patch_size, (0,) if use_triton else (0, 1))
     if slab is None:
-        deep = padded[0] >= 2 * int(patch_size[0])
-        slab = (device.type == "cpu" and deep and not return_logits) or \
+        long = padded[axis] >= 2 * int(patch_size[axis])
+        slab = (device.type == "cpu" and long and not return_logits) or \
             4 * channels * padded[0] * padded[1] * padded[2] > budget
-    use_slab = slab
     return DenseAggregator(num_classes, sigma_scale, use_triton, mode, return_probabilities, return_uncertainty,
-                           return_logits, use_slab, gaussian_center)
+                           return_logits, slab, gaussian_center, axis)

@@ -9,7 +9,8 @@ keep: dense maps (:class:`~volseg.inference.dense.DenseAggregator`) or boxes.
 :func:`predict_sliding_window` is the dense case: logits (not probabilities) averaged over
 folds and mirrors, Gaussian-weighted, normalized and finalized. Its slab mode, chosen when
 the full K × Z × Y × X fp32 accumulator would exceed ``memory_budget_bytes`` (or forced),
-holds one patch depth of slices at a time.
+or on the CPU for an image at least two patches long, holds one patch extent of slices along
+the slab axis (z or y) at a time.
 """
 
 from __future__ import annotations
@@ -83,16 +84,18 @@ def run_sliding_window(networks: torch.nn.Module | Sequence[torch.nn.Module], im
     aggregator.setup(TileGrid(shape, pads, tuple(int(p) for p in patch_size), starts, device,
                               len(nets) * len(mirrors)))
     zs, ys, xs = starts
-    if aggregator.row_wise:
-        rows = [(z, [(z, y, x) for y in ys for x in xs]) for z in zs]
+    grid = [(z, y, x) for z in zs for y in ys for x in xs]
+    if aggregator.row_wise:  # one row per start along the slab axis, in increasing order
+        axis = aggregator.row_axis
+        rows = [(s, [t for t in grid if t[axis] == s]) for s in starts[axis]]
     else:
-        rows = [(0, [(z, y, x) for z in zs for y in ys for x in xs])]
+        rows = [(0, grid)]
     pz, py, px = patch_size
     seconds = 0.0
     sync = device.type == "cuda"
     with torch.inference_mode():
-        for z_row, positions in rows:
-            aggregator.start_row(z_row)
+        for row, positions in rows:
+            aggregator.start_row(row)
             for i in range(0, len(positions), tile_batch):
                 chunk = positions[i:i + tile_batch]
                 batch = torch.stack([padded[:, z:z + pz, y:y + py, x:x + px] for z, y, x in chunk])
@@ -147,7 +150,8 @@ def predict_sliding_window(networks: torch.nn.Module | Sequence[torch.nn.Module]
             H(E_m p_m) - E_m[H(p_m)] (fp16, nats; see :mod:`volseg.inference.dense`).
         return_logits: Return the averaged logits instead of finalizing (no labels); with
             uncertainty, (K + 2) channels: the logits, then the two member terms.
-        slab: Force slab mode (True) or full mode (False); ``None`` decides by the budget.
+        slab: Force slab mode (True) or full mode (False); ``None`` decides
+            (:func:`~volseg.inference.dense.dense_aggregator`).
         memory_budget_bytes: Budget of the full accumulator (default 4 GiB).
 
     Returns:

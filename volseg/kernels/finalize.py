@@ -1,6 +1,6 @@
 """One pass from the accumulator to outputs: normalize, softmax, argmax, max probability, entropy.
 
-Input: the fp32 (K, Z, Y, X) accumulator (or a z-slab of it) and the three 1D normalizers
+Input: the fp32 (K, Z, Y, X) accumulator (or a slab of it, z or y) and the three 1D normalizers
 (see :mod:`volseg.kernels.gaussian`). Outputs: uint8 labels (Z, Y, X); optionally fp16
 probabilities (K, Z, Y, X), fp16 maximum probability and fp16 entropy (nats) (Z, Y, X).
 :func:`finalize_torch` works in z-chunks so that its float temporaries stay small, and makes
@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import torch
 
 CHUNK_BYTES = 64 << 20  # largest float temporary of the torch finalize (each of at most four)
+LABEL_CHUNK_BYTES = 4 << 20  # labels only: the max values and int64 indices of one chunk of slices
 BLOCK = 512
 
 
@@ -93,18 +94,23 @@ def finalize_torch(acc: torch.Tensor, nz: torch.Tensor, ny: torch.Tensor, nx: to
     out = allocate_outputs(k, (zs, ys, xs), acc.device, mode, return_probabilities, return_uncertainty, member_terms)
     labels_only = not (return_probabilities or return_uncertainty)
     inv_yx = (1.0 / (ny[:, None] * nx[None, :]))
-    per_slice = (12 if labels_only else 4 * k) * max(ys * xs, 1)  # max values + int64 indices, or K floats
-    step = max(1, CHUNK_BYTES // per_slice)
+    if labels_only and not member_terms:  # max values + int64 indices of a few slices only
+        per_slice, budget = 12 * max(ys * xs, 1), LABEL_CHUNK_BYTES
+    else:
+        per_slice, budget = 4 * k * max(ys * xs, 1), CHUNK_BYTES
+    step = max(1, budget // per_slice)
     for z0 in range(0, zs, step):
         z1 = min(zs, z0 + step)
         a = acc[:, z0:z1]
+        if labels_only and mode == "softmax":  # a positive factor per voxel leaves the argmax alone
+            out.labels[z0:z1] = a[:k].max(0).indices.to(torch.uint8)  # 4× faster than argmax here
+        if labels_only and not member_terms:
+            continue
         scale = inv_yx[None] / nz[z0:z1, None, None]  # (z, Y, X): the normalizer, positive everywhere
         if member_terms:
             out.expected_entropy[z0:z1] = (a[k] * scale).half()
             out.mutual_information[z0:z1] = (a[k + 1] * scale).half()
-        if labels_only:  # a positive factor per voxel leaves the argmax alone: no float temporaries
-            if mode == "softmax":
-                out.labels[z0:z1] = a[:k].max(0).indices.to(torch.uint8)  # 4× faster than argmax here
+        if labels_only:
             continue
         v = a[:k] * scale[None]
         if mode == "softmax":

@@ -65,17 +65,19 @@ class TileGrid:
 class TileAggregator(Protocol):
     """What the sliding window keeps of every tile: dense maps, or boxes.
 
-    The engine calls :meth:`setup` once, then for every row of tiles (one z start, in
-    increasing z, when :attr:`row_wise`; else one row holding every tile) :meth:`start_row`,
+    The engine calls :meth:`setup` once, then for every row of tiles (one start along
+    :attr:`row_axis`, 0 = z or 1 = y, in increasing order, when :attr:`row_wise`; else one row
+    holding every tile) :meth:`start_row` with that start,
     and for every batch of tiles :meth:`add` once per ensemble member (network × mirroring)
     and :meth:`commit` once; finally :meth:`finish`.
     """
 
     row_wise: bool
+    row_axis: int
 
     def setup(self, grid: TileGrid) -> None: ...
 
-    def start_row(self, z: int) -> None: ...
+    def start_row(self, start: int) -> None: ...
 
     def add(self, output: Any, offsets: Sequence[tuple[int, int, int]], flip_dims: Sequence[int]) -> None:
         """One member's output for a batch of tiles; ``flip_dims`` are the tensor dims (2 = z)
