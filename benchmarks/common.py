@@ -120,6 +120,34 @@ def print_versions(peer_python: Path | None, file: TextIO | None = None) -> dict
     return rep
 
 
+
+
+
+def monai_labels(logits, slices: int = 8):
+    """uint8 (Z, Y, X) labels of MONAI's (K, Z, Y, X) output, the way volseg's finalize takes them:
+    ``max(0).indices`` a few z-slices at a time. In torch 2.13 on the CPU, ``argmax(0)`` over the
+    channel dimension is about 40× slower than ``max(0).indices`` (0.47 s against 0.011 s at
+    K = 2, 96×160×160), and a whole-volume argmax holds int64 indices of every voxel; either would
+    count against MONAI what is not its engine."""
+    import torch
+
+    out = torch.empty(logits.shape[1:], dtype=torch.uint8)
+    for z in range(0, logits.shape[1], slices):
+        out[z:z + slices] = logits[:, z:z + slices].max(0).indices.to(torch.uint8).cpu()
+    return out
+
+
+def reset_peak_rss() -> bool:
+    """Restart this process's peak resident set (``VmHWM``) at its current resident set, so that
+    :func:`peak_rss_mb` measures from here on (Linux: ``/proc/self/clear_refs``). Returns whether
+    it could; without it the peak includes every earlier moment, e.g. building the input."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
 def peak_rss_mb() -> float:
     """Peak resident set of this process so far, MB (``VmHWM`` of /proc/self/status; NaN elsewhere)."""
     try:

@@ -40,7 +40,7 @@ import numpy as np
 HERE = Path(__file__).resolve()
 REPO = HERE.parents[2]
 sys.path.insert(0, str(HERE.parents[1]))  # benchmarks/
-from common import DEFAULT_PEER, cpu_flags, cpu_name, peak_rss_mb, print_versions  # noqa: E402
+from common import DEFAULT_PEER, cpu_flags, cpu_name, monai_labels, peak_rss_mb, print_versions  # noqa: E402
 
 RUNTIMES = {"volseg-torch": ("torch", "f32"), "volseg-openvino": ("openvino", "f32"),
             "volseg-onnxruntime": ("onnxruntime", "f32"), "volseg-openvino-bf16": ("openvino", "bf16")}
@@ -135,7 +135,7 @@ def run_window(method: str, model_dir: Path, images: Path, tta: bool, out: Path)
                 o = sliding_window_inference(xi, patch, batch, net, overlap=0.5, mode="gaussian", sigma_scale=0.125)
                 o = torch.flip(o, dims) if dims else o
                 logits = o if logits is None else logits + o
-            return logits[0].argmax(0).to(torch.uint8)
+            return monai_labels(logits[0])  # as volseg's finalize takes them
     else:
         runtime, precision = RUNTIMES[method]
         model, _ = with_runtime(model, PredictOptions(runtime=runtime, precision=precision), torch.device("cpu"))

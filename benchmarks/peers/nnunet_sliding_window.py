@@ -5,8 +5,8 @@ benchmarks/inference/bench_sliding_window.py.
 Usage: PEER_PYTHON nnunet_sliding_window.py '{"size": [...], "patch": [...], "classes": 4,
     "tta": false, "repeat": 2, "device": "cpu"}'
 
-Prints one JSON line: total and network seconds of the fastest run, peak memory (MB), and
-the label sum (a checksum). The network is nnU-Net's own ``PlainConvUNet`` with the same
+Prints one JSON line: total and network seconds of the fastest run, peak memory (MB), the
+resident set before the runs (MB, after the imports), and the label sum (a checksum). The network is nnU-Net's own ``PlainConvUNet`` with the same
 stages, features, kernels, strides, instance norm and leaky ReLU as volseg's benchmark
 network, so each forward pass costs the same; its weights are its own random ones.
 nnU-Net predicts one tile at a time (it has no tile batch).
@@ -22,7 +22,7 @@ from dynamic_network_architectures.architectures.unet import PlainConvUNet
 from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "inference"))
-from bench_sliding_window import Timed, best_of  # noqa: E402  (torch only; volseg is not imported)
+from bench_sliding_window import Timed, best_of, reset_peak_rss, rss_mb  # noqa: E402  (torch only; volseg is not imported)
 
 
 def main() -> None:
@@ -48,7 +48,10 @@ def main() -> None:
         logits = predictor.predict_sliding_window_return_logits(image)
         return torch.softmax(logits.float(), 0).argmax(0).to(torch.uint8).cpu()
 
+    reset_peak_rss()
+    baseline = rss_mb()  # after nnU-Net's imports and set-up, as for volseg's and MONAI's processes
     best = best_of(a["repeat"], device, net, predict)
+    best["baseline_mb"] = baseline
     print(json.dumps(best))
 
 

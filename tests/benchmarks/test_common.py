@@ -105,3 +105,14 @@ def test_cpu_flags_and_name_without_cpuinfo(common, monkeypatch, tmp_path):
     monkeypatch.setattr(common, "CPUINFO", tmp_path / "missing")
     assert common.cpu_flags() == "unknown"
     assert isinstance(common.cpu_name(), str)
+
+
+@pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="needs Linux's /proc/self/clear_refs")
+def test_reset_peak_rss_forgets_an_earlier_peak(common):
+    import numpy as np
+
+    block = np.ones(64 << 20, dtype=np.uint8)  # 64 MiB touched, then freed
+    del block
+    before = common.peak_rss_mb()
+    assert common.reset_peak_rss()
+    assert common.peak_rss_mb() < before - 32  # the 64 MiB peak is gone from the new one
