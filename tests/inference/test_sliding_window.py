@@ -256,3 +256,35 @@ def test_uncertainty_off_adds_no_channels_and_the_budget_counts_the_extra_ones()
 def test_wrong_channel_count_with_uncertainty():
     with pytest.raises(ValueError, match="expected network outputs of 4 channels"):
         predict_sliding_window(_net(), torch.randn(2, 16, 16, 16), (16, 16, 16), 4, return_uncertainty=True)
+
+
+def test_network_seconds_leave_out_the_aggregator_on_the_cpu():
+    import time
+
+    from volseg.inference.sliding_window import run_sliding_window
+
+    class SlowAggregator:  # keeps nothing; every add takes 0.25 s
+        row_wise, row_axis = False, 0
+
+        def setup(self, grid):
+            self.adds = 0
+
+        def start_row(self, start):
+            pass
+
+        def add(self, output, offsets, flip_dims):
+            time.sleep(0.25)
+            self.adds += 1
+
+        def commit(self, offsets):
+            pass
+
+        def finish(self):
+            return self.adds
+
+    net, image = _net(), torch.randn(2, 16, 16, 16)
+    with torch.inference_mode():
+        net(image[None])  # first-call costs
+    adds, seconds = run_sliding_window(net, image, (16, 16, 16), SlowAggregator(), mirror_axes=(0, 1))
+    assert adds == 4  # one tile, 4 mirrorings: 1 s in the aggregator
+    assert 0 < seconds < 0.5  # four forward passes of one 16³ tile, however busy the machine

@@ -71,7 +71,8 @@ def run_sliding_window(networks: torch.nn.Module | Sequence[torch.nn.Module], im
             the unmirrored pass of every tile only.
 
     Returns:
-        ``(aggregator.finish(), seconds spent in the forward passes and their flips)``.
+        ``(aggregator.finish(), seconds spent in the forward passes and their input flips)``
+        (on CUDA with the aggregator's ``add`` included; see :func:`_run_members`).
     """
     nets = list(networks) if isinstance(networks, (list, tuple)) else [networks]
     device = torch.device(device) if device is not None else image.device
@@ -105,21 +106,32 @@ def run_sliding_window(networks: torch.nn.Module | Sequence[torch.nn.Module], im
 
 
 def _run_members(nets, mirrors, batch, offsets, aggregator, sync: bool, probe) -> float:
-    """Every network × mirroring of one batch of tiles, handed to ``aggregator``; returns seconds."""
+    """Every network × mirroring of one batch of tiles, handed to ``aggregator``.
+
+    Returns:
+        Seconds of the forward passes and their input flips. On CUDA (``sync``) the
+        aggregator's work on the outputs is included, since telling it apart would take a
+        synchronization per pass.
+    """
     device = batch.device
     if sync:
         torch.cuda.synchronize(device)
     t0 = time.perf_counter()
+    aside = 0.0  # seconds in the aggregator (CPU only)
     for net in nets:
         for axes in mirrors:
             dims = [a + 2 for a in axes]
             x = torch.flip(batch, dims) if dims else batch
             if probe is not None:
                 probe.recording = not dims
-            aggregator.add(net(x), offsets, dims)
+            out = net(x)
+            t_add = time.perf_counter()
+            aggregator.add(out, offsets, dims)
+            if not sync:
+                aside += time.perf_counter() - t_add
     if sync:
         torch.cuda.synchronize(device)
-    return time.perf_counter() - t0
+    return time.perf_counter() - t0 - aside
 
 
 def predict_sliding_window(networks: torch.nn.Module | Sequence[torch.nn.Module], image: torch.Tensor,
