@@ -219,14 +219,16 @@ def table(args: argparse.Namespace) -> None:
             engine = (slab["peak_mb"] - slab["baseline_mb"]) / (monai["peak_mb"] - monai["baseline_mb"])
             mem = slab["peak_mb"] / monai["peak_mb"]
             tim = min(res["volseg-full"]["total"], slab["total"]) / monai["total"]
+            own = min(r["total"] - r["network"] for m, r in res.items() if m != "monai") / \
+                (monai["total"] - monai["network"])  # the engine's own seconds: without the forward passes
             same = len({r["labels_sum"] for r in res.values()}) == 1
             print(f"{k:>3} {'×'.join(map(str, size)):>14} | " + " | ".join(f"{c:>22}" for c in cells)
-                  + f" | {engine:.2f}×; {mem:.2f}×, {tim:.2f}× | {'same' if same else 'DIFFERENT'} label sums",
+                  + f" | {engine:.2f}×; {mem:.2f}×, {tim:.2f}× ({own:.2f}×) | {'same' if same else 'DIFFERENT'} label sums",
                   flush=True)
     after = "the imports and one warm-up prediction on a patch-sized image" if args.warmup else "the imports"
     print(f"MB: peak resident set above the process's resident set after {after}; memory ratios: volseg slab / "
-          "MONAI, of those MB (engine) and of the whole-process peaks; time: fastest volseg mode / MONAI; (z) or (y): "
-          "the slab axis")
+          "MONAI, of those MB (engine) and of the whole-process peaks; time: fastest volseg mode / MONAI (in brackets: "
+          "of the seconds outside the forward passes); (z) or (y): the slab axis")
 
 
 def main() -> None:
