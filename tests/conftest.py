@@ -10,6 +10,16 @@ os.environ.setdefault("OMP_NUM_THREADS", "2")
 from synthetic import make_dataset  # noqa: E402
 
 
+@pytest.fixture
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now (for a DDP or torchrun rendezvous)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 @pytest.fixture(scope="session")
 def tiny_plan(tmp_path_factory):
     """A planned and preprocessed 4-case dataset whose 3d_cpu configuration trains in seconds."""

@@ -2,7 +2,6 @@
 
 import json
 import os
-import socket
 import subprocess
 import sys
 
@@ -91,17 +90,11 @@ def test_a_rank_resumes_its_own_cases(tiny_model, cohort, tmp_path):
     assert merged["cases"][lost]["status"] == "done"
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def test_torchrun_two_ranks(tiny_model, cohort, tmp_path):
+def test_torchrun_two_ranks(tiny_model, cohort, tmp_path, free_port):
     out = tmp_path / "tr"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                           "--master_port", str(_free_port()), "-m", "volseg", "predict", "-i", str(cohort),
+                           "--master_port", str(free_port), "-m", "volseg", "predict", "-i", str(cohort),
                            "-o", str(out), "-m", str(tiny_model), "--no-progress", "--no-tta", "--runtime", "torch"],
                           capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode != 0  # the broken case fails on its rank, and torchrun reports it

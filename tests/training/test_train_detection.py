@@ -4,7 +4,6 @@ for segmentation."""
 
 import json
 import math
-import socket
 
 import pytest
 from killed_run import train_killed_after_second_epoch
@@ -42,13 +41,6 @@ def _weights(path):
 
 def _log(fold_dir):
     return [json.loads(x) for x in (fold_dir / "log.jsonl").read_text().splitlines()]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 
 @pytest.mark.parametrize("workers", [0, pytest.param(2, marks=pytest.mark.slow)])
@@ -121,12 +113,12 @@ def test_time_limit_shortens_the_detection_schedule_and_resume_keeps_it(det_plan
 
 
 @pytest.mark.slow
-def test_ddp_two_cpu_ranks_stay_in_sync_for_detection(det_plan, tmp_path):
+def test_ddp_two_cpu_ranks_stay_in_sync_for_detection(det_plan, tmp_path, free_port):
     from ddp_worker import ddp_worker
 
     out = tmp_path / "ddp"
     out.mkdir()
-    mp.spawn(ddp_worker, args=(2, _free_port(), str(det_plan), str(out), 2, 2, 5), nprocs=2, join=True)
+    mp.spawn(ddp_worker, args=(2, free_port, str(det_plan), str(out), 2, 2, 5), nprocs=2, join=True)
     r0 = torch.load(out / "rank0.pt", weights_only=True)
     r1 = torch.load(out / "rank1.pt", weights_only=True)
     w0, w1 = r0["weights"], r1["weights"]

@@ -1,5 +1,4 @@
 import json
-import socket
 
 import pytest
 from killed_run import train_killed_after_second_epoch
@@ -108,16 +107,10 @@ def test_checkpoint_of_another_plan_is_refused(tiny_plan, tmp_path):
         train(tiny_plan, model, fold=0, epochs=1, iterations=1, progress=False, resume_training=True, validate=False)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def test_ddp_two_cpu_ranks_stay_in_sync(tiny_plan, tmp_path):
+def test_ddp_two_cpu_ranks_stay_in_sync(tiny_plan, tmp_path, free_port):
     out = tmp_path / "ddp"
     out.mkdir()
-    mp.spawn(ddp_worker, args=(2, _free_port(), str(tiny_plan), str(out)), nprocs=2, join=True)
+    mp.spawn(ddp_worker, args=(2, free_port, str(tiny_plan), str(out)), nprocs=2, join=True)
     w0 = torch.load(out / "rank0.pt", weights_only=True)["weights"]
     w1 = torch.load(out / "rank1.pt", weights_only=True)["weights"]
     saved = _weights(out / "fold_0" / "checkpoint_final.pt")
@@ -197,7 +190,7 @@ def test_checkpoint_rule_and_score_smoothing_come_from_the_plan(tiny_plan, tmp_p
     assert load_checkpoint(fold_dir / "checkpoint_best.pt")["best_score"] == max(r["score"] for r in log)
 
 
-def test_two_ranks_of_batch_b_take_the_step_of_one_process_with_batch_2b(tiny_plan, tmp_path):
+def test_two_ranks_of_batch_b_take_the_step_of_one_process_with_batch_2b(tiny_plan, tmp_path, free_port):
     """DDP's mean gradient, with the batch Dice summed over ranks, is the gradient of the
     global batch: the first step's gradient matches one process holding both halves."""
     from ddp_step_worker import ddp_step_worker, fixed_batch, one_step
@@ -205,7 +198,7 @@ def test_two_ranks_of_batch_b_take_the_step_of_one_process_with_batch_2b(tiny_pl
     torch.set_num_threads(1)
     _, _, _, data, target = fixed_batch(str(tiny_plan), 4)
     single = one_step(str(tiny_plan), data, target, ddp=False)
-    mp.spawn(ddp_step_worker, args=(2, _free_port(), str(tiny_plan), str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(ddp_step_worker, args=(2, free_port, str(tiny_plan), str(tmp_path)), nprocs=2, join=True)
     ranks = [torch.load(tmp_path / f"step_rank{r}.pt", weights_only=True) for r in (0, 1)]
     assert not torch.allclose(ranks[0]["loss"], ranks[1]["loss"])  # each rank saw other samples (its CE term)
     keys = [k for k in single if k != "loss"]
@@ -216,7 +209,7 @@ def test_two_ranks_of_batch_b_take_the_step_of_one_process_with_batch_2b(tiny_pl
         assert error < 1e-5, error
 
 
-def test_ranks_with_different_plans_stop_with_one_line(tiny_plan, tmp_path):
+def test_ranks_with_different_plans_stop_with_one_line(tiny_plan, tmp_path, free_port):
     import shutil
 
     from ddp_worker import ddp_mismatch_worker
@@ -226,7 +219,7 @@ def test_ranks_with_different_plans_stop_with_one_line(tiny_plan, tmp_path):
     plans = json.loads((other / "plans.json").read_text())
     plans["configurations"]["3d_cpu"]["training"]["optimizer"]["lr"] = 0.02
     (other / "plans.json").write_text(json.dumps(plans))
-    mp.spawn(ddp_mismatch_worker, args=(2, _free_port(), [str(tiny_plan), str(other)], str(tmp_path)), nprocs=2,
+    mp.spawn(ddp_mismatch_worker, args=(2, free_port, [str(tiny_plan), str(other)], str(tmp_path)), nprocs=2,
              join=True)
     for rank in (0, 1):
         message = (tmp_path / f"rank{rank}.txt").read_text()
