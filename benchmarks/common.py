@@ -120,9 +120,6 @@ def print_versions(peer_python: Path | None, file: TextIO | None = None) -> dict
     return rep
 
 
-
-
-
 def monai_labels(logits, slices: int = 8):
     """uint8 (Z, Y, X) labels of MONAI's (K, Z, Y, X) output, the way volseg's finalize takes them:
     ``max(0).indices`` a few z-slices at a time. In torch 2.13 on the CPU, ``argmax(0)`` over the

@@ -223,7 +223,8 @@ def table(args: argparse.Namespace) -> None:
                 (monai["total"] - monai["network"])  # the engine's own seconds: without the forward passes
             same = len({r["labels_sum"] for r in res.values()}) == 1
             print(f"{k:>3} {'×'.join(map(str, size)):>14} | " + " | ".join(f"{c:>22}" for c in cells)
-                  + f" | {engine:.2f}×; {mem:.2f}×, {tim:.2f}× ({own:.2f}×) | {'same' if same else 'DIFFERENT'} label sums",
+                  + f" | {engine:.2f}×; {mem:.2f}×, {tim:.2f}× ({own:.2f}×)"
+                  + f" | {'same' if same else 'DIFFERENT'} label sums",
                   flush=True)
     after = "the imports and one warm-up prediction on a patch-sized image" if args.warmup else "the imports"
     print(f"MB: peak resident set above the process's resident set after {after}; memory ratios: volseg slab / "

@@ -6,9 +6,10 @@ Usage: PEER_PYTHON nnunet_sliding_window.py '{"size": [...], "patch": [...], "cl
     "tta": false, "repeat": 2, "device": "cpu"}'
 
 Prints one JSON line: total and network seconds of the fastest run, peak memory (MB), the
-resident set before the runs (MB, after the imports), and the label sum (a checksum). The network is nnU-Net's own ``PlainConvUNet`` with the same
-stages, features, kernels, strides, instance norm and leaky ReLU as volseg's benchmark
-network, so each forward pass costs the same; its weights are its own random ones.
+resident set before the runs (MB, after the imports), and the label sum (a checksum). The
+network is nnU-Net's own ``PlainConvUNet`` with the same stages, features, kernels, strides,
+instance norm and leaky ReLU as volseg's benchmark network, so each forward pass costs the
+same; its weights are its own random ones.
 nnU-Net predicts one tile at a time (it has no tile batch).
 """
 
@@ -22,7 +23,8 @@ from dynamic_network_architectures.architectures.unet import PlainConvUNet
 from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "inference"))
-from bench_sliding_window import Timed, best_of, reset_peak_rss, rss_mb  # noqa: E402  (torch only; volseg is not imported)
+# torch only; volseg is not imported
+from bench_sliding_window import Timed, best_of, reset_peak_rss, rss_mb  # noqa: E402
 
 
 def main() -> None:

@@ -64,7 +64,7 @@ def _shape(axis: int, length: int) -> tuple[int, int, int]:
 def test_slab_peak_is_bounded_by_the_slab_and_flat_along_its_axis(k, axis):
     from volseg.inference.dense import dense_aggregator
 
-    cross = 64 * 64  # the two other sides
+    cross = YX[0] * YX[1]  # the two other sides
     voxels = PATCH[0] * PATCH[1] * PATCH[2]
     slab_bytes = 4 * k * PATCH[axis] * cross  # the float accumulator of the slab: one patch extent
     batch = 4 * 2 * (1 + k) * voxels  # a batch of 2 tiles in (1 channel) and out (K channels)
