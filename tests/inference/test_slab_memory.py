@@ -54,7 +54,7 @@ def _peak(k: int, shape: tuple[int, int, int], slab: bool) -> int:
 
 def _shape(axis: int, length: int) -> tuple[int, int, int]:
     """An image ``length`` long along the slab axis, the other two sides those of ``YX``."""
-    shape = [*YX[:1], *YX]
+    shape = [YX[0], *YX]  # a cube of side 64, then the slab axis lengthened
     shape[axis] = length
     return tuple(shape)
 

@@ -104,9 +104,8 @@ def finalize_torch(acc: torch.Tensor, nz: torch.Tensor, ny: torch.Tensor, nx: to
         a = acc[:, z0:z1]
         if labels_only and mode == "softmax":  # a positive factor per voxel leaves the argmax alone
             out.labels[z0:z1] = a[:k].max(0).indices.to(torch.uint8)  # 4× faster than argmax here
-        if labels_only and not member_terms:
-            continue
-        scale = inv_yx[None] / nz[z0:z1, None, None]  # (z, Y, X): the normalizer, positive everywhere
+        if member_terms or not labels_only:
+            scale = inv_yx[None] / nz[z0:z1, None, None]  # (z, Y, X): the normalizer, positive everywhere
         if member_terms:
             out.expected_entropy[z0:z1] = (a[k] * scale).half()
             out.mutual_information[z0:z1] = (a[k + 1] * scale).half()
