@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import socket
+import time
 from dataclasses import dataclass
 
 import torch
@@ -54,8 +55,21 @@ def init_distributed(device: str = "auto") -> DistContext:
     return DistContext(rank, world, local, dev)
 
 
+#: Seconds a rank waits, lock released, before it leaves the process group (see :func:`shutdown`).
+SETTLE_SECONDS = 0.2
+
+
 def shutdown(ctx: DistContext) -> None:
+    """Leave the process group (a no-op for one process or when already left).
+
+    gloo's worker threads drop their references to a collective's tensors a moment after the
+    collective returns, and that drop takes the interpreter lock. A rank that exits right after
+    a collective (for example with an error that every rank raises) can reach interpreter
+    shutdown first, and the process then aborts with SIGABRT instead of exiting with its error.
+    A short sleep hands the lock to those threads first.
+    """
     if ctx.distributed and dist.is_initialized():
+        time.sleep(SETTLE_SECONDS)
         dist.destroy_process_group()
 
 

@@ -140,50 +140,52 @@ def train(plan_dir: str | os.PathLike, model_dir: str | os.PathLike | None = Non
     plans = load_plans(plan_dir / "plans.json")
     config_name, config = configuration(plans, config_name, plan_dir / "plans.json")
     ctx = init_distributed(device)
-    tcfg = config["training"]
-    if deterministic is None:  # the plan's; plans written before the key: on the CPU
-        deterministic = tcfg.get("deterministic", ctx.device.type == "cpu")
-    seed_everything(seed, deterministic)
-    case_ids = preprocessed_cases(plan_dir, plans, config_name)
-    model_dir = Path(model_dir) if model_dir else plan_dir / "models" / config_name
-    fold = str(fold)
-    train_ids, val_ids, new_splits = fold_split(model_dir / "splits.json", case_ids, fold)
-    if ctx.distributed:  # one process has nothing to compare: no folder listing, no plan digest
-        check_same_on_every_rank(ctx, inputs_digests(plan_dir, plans, config_name, train_ids, val_ids), plan_dir)
-    if ctx.is_main:  # the fold is known to exist before anything is written
-        remove_stale_temps(model_dir, recursive=True)
-        prepare_model_folder(model_dir, plan_dir, plans, config_name)
-        if new_splits is not None:
-            write_json(model_dir / "splits.json", new_splits)
-    ctx.barrier()
-    out = fold_dir(model_dir, fold)
-    out.mkdir(parents=True, exist_ok=True)
-    sched = Schedule(epochs=epochs if epochs is not None else tcfg["epochs"],
-                     iterations_per_epoch=iterations if iterations is not None else tcfg["iterations_per_epoch"],
-                     val_iterations=tcfg["val_iterations"] if val_ids else 0,
-                     base_lr=tcfg["optimizer"]["lr"], lr_schedule=tcfg["lr_schedule"], grad_clip=tcfg["grad_clip"],
-                     amp=ctx.device.type == "cuda" and tcfg.get("amp", True),
-                     score_ema_momentum=tcfg.get("score_ema_momentum", EMA_MOMENTUM),
-                     best_checkpoint=tcfg.get("best_checkpoint", "score_ema"),
-                     time_limit=None if time_limit_minutes is None else 60.0 * float(time_limit_minutes))
-    state = TrainState()
-    plan_hash = model_hash(plans, config_name)
-    latest = out / "checkpoint_latest.pt"
-    workers = tcfg["num_workers"] if num_workers is None else num_workers
-    if not resume_training and latest.is_file():
-        raise ModelError(latest, "fold already has a checkpoint; pass --resume to continue it, or use another -o")
-    if resume_training and latest.is_file():
-        load_checkpoint(latest, plan_hash)  # a damaged or foreign checkpoint fails before the loaders start
-    parts = build_parts(plans, config, plan_dir / "preprocessed" / config_name, train_ids, val_ids, ctx,
-                        num_workers=workers, seed=seed)
-    try:
+    try:  # every rank leaves the process group, also when it stops with an error
+        tcfg = config["training"]
+        if deterministic is None:  # the plan's; plans written before the key: on the CPU
+            deterministic = tcfg.get("deterministic", ctx.device.type == "cpu")
+        seed_everything(seed, deterministic)
+        case_ids = preprocessed_cases(plan_dir, plans, config_name)
+        model_dir = Path(model_dir) if model_dir else plan_dir / "models" / config_name
+        fold = str(fold)
+        train_ids, val_ids, new_splits = fold_split(model_dir / "splits.json", case_ids, fold)
+        if ctx.distributed:  # one process has nothing to compare: no folder listing, no plan digest
+            check_same_on_every_rank(ctx, inputs_digests(plan_dir, plans, config_name, train_ids, val_ids), plan_dir)
+        if ctx.is_main:  # the fold is known to exist before anything is written
+            remove_stale_temps(model_dir, recursive=True)
+            prepare_model_folder(model_dir, plan_dir, plans, config_name)
+            if new_splits is not None:
+                write_json(model_dir / "splits.json", new_splits)
+        ctx.barrier()
+        out = fold_dir(model_dir, fold)
+        out.mkdir(parents=True, exist_ok=True)
+        sched = Schedule(epochs=epochs if epochs is not None else tcfg["epochs"],
+                         iterations_per_epoch=iterations if iterations is not None else tcfg["iterations_per_epoch"],
+                         val_iterations=tcfg["val_iterations"] if val_ids else 0,
+                         base_lr=tcfg["optimizer"]["lr"], lr_schedule=tcfg["lr_schedule"], grad_clip=tcfg["grad_clip"],
+                         amp=ctx.device.type == "cuda" and tcfg.get("amp", True),
+                         score_ema_momentum=tcfg.get("score_ema_momentum", EMA_MOMENTUM),
+                         best_checkpoint=tcfg.get("best_checkpoint", "score_ema"),
+                         time_limit=None if time_limit_minutes is None else 60.0 * float(time_limit_minutes))
+        state = TrainState()
+        plan_hash = model_hash(plans, config_name)
+        latest = out / "checkpoint_latest.pt"
+        workers = tcfg["num_workers"] if num_workers is None else num_workers
+        if not resume_training and latest.is_file():
+            raise ModelError(latest, "fold already has a checkpoint; pass --resume to continue it, or use another -o")
         if resume_training and latest.is_file():
-            resume(parts, latest, plan_hash, state, sched)
-            log.info("resuming fold %s at epoch %d", fold, state.epoch)
-        elif resume_training:
-            log.info("no checkpoint to resume in %s; starting fresh", out)
-        run_training(parts, sched, ctx, out, plan_hash, config_name, fold, state, progress)
+            load_checkpoint(latest, plan_hash)  # a damaged or foreign checkpoint fails before the loaders start
+        parts = build_parts(plans, config, plan_dir / "preprocessed" / config_name, train_ids, val_ids, ctx,
+                            num_workers=workers, seed=seed)
+        try:
+            if resume_training and latest.is_file():
+                resume(parts, latest, plan_hash, state, sched)
+                log.info("resuming fold %s at epoch %d", fold, state.epoch)
+            elif resume_training:
+                log.info("no checkpoint to resume in %s; starting fresh", out)
+            run_training(parts, sched, ctx, out, plan_hash, config_name, fold, state, progress)
+        finally:
+            parts.close()
+        return TrainedFold(model_dir, out, fold, list(val_ids), ctx.is_main, ctx.device.type)
     finally:
-        parts.close()
         shutdown(ctx)
-    return TrainedFold(model_dir, out, fold, list(val_ids), ctx.is_main, ctx.device.type)
