@@ -82,10 +82,9 @@ def run_ms(args, out: Path, timings: dict) -> dict:
     with stage("ms: shift check", timings):  # in-distribution cases to compare with; shifted inputs
         shift = shift_check(args, out, data, fold_dir.parent)
     with stage("ms: predict", timings):
-        volseg.predict([data / "imagesTs"], out / "predictions_ms", fold_dir.parent, save_uncertainty=True)
-        if cal is not None:
-            volseg.predict([data / "imagesTs"], out / "predictions_ms_calibrated", fold_dir.parent, calibrated=True,
-                           save_probabilities=True)
+        # the calibrated outputs from the same forward passes (probabilities kept to score them)
+        both = {"calibrated_out": str(out / "predictions_ms_calibrated"), "save_probabilities": True} if cal else {}
+        volseg.predict([data / "imagesTs"], out / "predictions_ms", fold_dir.parent, save_uncertainty=True, **both)
     with stage("ms: evaluate", timings):
         validation = fold_dir / "validation"
         regions = {"followup_lesions": (1, 2), "all_lesions": (1, 2, 3)}
@@ -175,18 +174,10 @@ def run_lung(args, out: Path, timings: dict) -> dict:
     with stage("lung: calibrate", timings):  # missed nodules per scan, on the held-out fold's candidates
         cal = calibrate(fold_dir.parent, "box_fnr", args.alpha)
     sweep = json.loads((fold_dir.parent / "detection_sweep.json").read_text())
-    # the plain boxes hold every box of the calibrated threshold when the sweep kept the IoU thresholds
-    # the held-out boxes were fused with (those of ``--calibrated``), all sizes and a threshold at most
-    # the calibrated one: the calibrated set is then scored on them, with no second prediction
-    # (``volseg predict --calibrated`` would write exactly those boxes)
-    same_fusion = all(sweep.get(k, v) == v for k, v in sweep.get("predicted_with", {}).items())
-    superset = (cal is not None and same_fusion and sweep["min_size_mm"] == 0
-                and sweep["score_threshold"] <= cal["thresholds"]["all"])
-    calibrated = out / ("predictions_lung" if superset else "predictions_lung_calibrated")
-    with stage("lung: predict", timings):
-        volseg.predict([data / "imagesTs"], out / "predictions_lung", fold_dir.parent)
-        if cal is not None and not superset:
-            volseg.predict([data / "imagesTs"], calibrated, fold_dir.parent, calibrated=True)
+    calibrated = out / "predictions_lung_calibrated"
+    with stage("lung: predict", timings):  # the calibrated boxes from the same forward passes
+        both = {"calibrated_out": str(calibrated)} if cal is not None else {}
+        volseg.predict([data / "imagesTs"], out / "predictions_lung", fold_dir.parent, **both)
     with stage("lung: evaluate", timings):
         summary = evaluate_detection_csv(out / "predictions_lung" / "candidates.csv", data / "annotationsTs.csv",
                                          out / "evaluation_lung", scans=data / "scansTs.txt")

@@ -101,6 +101,45 @@ def test_calibrate_then_predict_calibrated(tiny_model, predicted, tmp_path, caps
         plain, _ = read_image(pred / f"{case}.nii.gz")
         possible, _ = read_image(out / "maps" / f"{case}_possible.nii.gz")
         np.testing.assert_array_equal(possible > 0, (labels > 0) & (plain == 0))
+    _plain_and_calibrated_from_one_prediction(tiny_model, cal_file, out, tmp_path, capsys)
+
+
+def _plain_and_calibrated_from_one_prediction(model, cal_file, calibrated, tmp_path, capsys):
+    """``predict --calibrated-out``: the plain outputs as a plain prediction writes them, the
+    calibrated ones as ``--calibrated`` does, each folder with its summary; ``--resume`` redoes
+    a case missing from either folder."""
+    from volseg.io.nifti import read_image
+    from volseg.model import dataset_root
+
+    images = dataset_root(model) / "imagesTr"
+    plain, both, both_cal = tmp_path / "plain", tmp_path / "both", tmp_path / "both_cal"
+    common = ["-m", str(model), "--no-tta", "--no-progress", "--save-probabilities"]
+    assert main(["predict", "-i", str(images), "-o", str(plain), *common]) == 0
+    capsys.readouterr()
+    assert main(["predict", "-i", str(images), "-o", str(both), "--calibrated-out", str(both_cal),
+                 "--calibration", str(cal_file), *common]) == 0
+    printed = capsys.readouterr().out
+    assert f"calibrated outputs → {both_cal}" in printed and "conformal risk control" in printed
+    for a, b in ((both, plain), (both_cal, calibrated)):
+        assert sorted(p.relative_to(a) for p in a.rglob("*.nii.gz")) == sorted(p.relative_to(b) for p in b.rglob("*.nii.gz"))
+        for f in a.rglob("*.nii.gz"):
+            np.testing.assert_array_equal(read_image(f)[0], read_image(b / f.relative_to(a))[0])
+        np.testing.assert_array_equal(np.load(a / "maps" / "case_000_probabilities.npz")["probabilities"],
+                                      np.load(b / "maps" / "case_000_probabilities.npz")["probabilities"])
+    summaries = [json.loads((d / "summary.json").read_text()) for d in (both, both_cal)]
+    assert "calibration" not in summaries[0] and summaries[1]["calibration"]["risk"] == "voxel_fnr"
+    assert summaries[0]["cases"].keys() == summaries[1]["cases"].keys()
+    (both_cal / "case_001.nii.gz").unlink()
+    assert main(["predict", "-i", str(images), "-o", str(both), "--calibrated-out", str(both_cal),
+                 "--calibration", str(cal_file), "--resume", *common]) == 0
+    statuses = json.loads((both_cal / "summary.json").read_text())["cases"]
+    assert statuses["case_001"]["status"] == "done" and statuses["case_000"]["status"] == "skipped"
+    assert (both_cal / "case_001.nii.gz").is_file()
+    for bad in (["--calibrated"], ["-o", str(both)]):  # one of the two flags; not the same folder
+        rc = main(["predict", "-i", str(images), "-o", str(tmp_path / "x"), "--calibrated-out", str(both), *common,
+                   *bad])
+        err = capsys.readouterr().err.strip()
+        assert rc == 2 and "\n" not in err and ("give one of the two" in err or "plain predictions" in err)
 
 
 def test_calibrate_command_errors_are_one_line(tiny_model, predicted, tmp_path, capsys):

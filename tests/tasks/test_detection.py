@@ -132,6 +132,40 @@ def _box_calibration_round_trip(lung_plan, model, tmp_path):
                    calibration_file=str(model / "calibration.json"))
     boxes = json.loads((out / "lung_004_boxes.json").read_text())["boxes"]
     assert all(b["score"] >= 0.20 for b in boxes)
+    _plain_and_calibrated_from_one_prediction(lung_plan, model, tmp_path)
+
+
+def _plain_and_calibrated_from_one_prediction(lung_plan, model, tmp_path):
+    """With a sweep whose IoUs differ from the plan's, --calibrated-out fuses the recorded tile
+    boxes again: both folders hold exactly what two separate predictions write."""
+    import volseg
+
+    inf = load_plans(lung_plan / "plan" / "plans.json")["configurations"]["3d_cpu"]["detection"]["inference"]
+    sweep_file = model / "detection_sweep.json"
+    sweep = json.loads(sweep_file.read_text())
+    sweep.update(nms_iou=0.3 if inf["nms_iou"] != 0.3 else 0.2, wbc_iou=0.5 if inf["wbc_iou"] != 0.5 else 0.4,
+                 score_threshold=0.0, min_size_mm=0.0)
+    sweep_file.write_text(json.dumps(sweep))
+    images = [lung_plan / "data" / "imagesTs"]
+
+    def boxes(folder):
+        return [(b["box_voxel"], b["score"]) for b in json.loads((folder / "lung_004_boxes.json").read_text())["boxes"]]
+
+    volseg.predict(images, tmp_path / "plain", model, progress=False)
+    scores = sorted(s for _, s in boxes(tmp_path / "plain"))
+    cal_file = tmp_path / "low.json"  # a threshold that keeps about half of the boxes
+    cal_file.write_text(json.dumps({**json.loads((model / "calibration.json").read_text()),
+                                    "thresholds": {"all": scores[len(scores) // 2]}}))
+    volseg.predict(images, tmp_path / "calibrated", model, progress=False, calibration_file=str(cal_file))
+    summary = volseg.predict(images, tmp_path / "both", model, progress=False, calibrated_out=str(tmp_path / "both_cal"),
+                             calibration_file=str(cal_file))
+    assert summary["calibrated_out"] == str(tmp_path / "both_cal") and "calibration" not in summary
+    assert json.loads((tmp_path / "both_cal" / "summary.json").read_text())["calibration"]["risk"] == "box_fnr"
+    assert boxes(tmp_path / "calibrated") != boxes(tmp_path / "plain")[:len(boxes(tmp_path / "calibrated"))]
+    for a, b in (("both", "plain"), ("both_cal", "calibrated")):
+        assert boxes(tmp_path / a) == boxes(tmp_path / b) and boxes(tmp_path / a)
+        assert (tmp_path / a / "candidates.csv").read_text() == (tmp_path / b / "candidates.csv").read_text()
+    assert not list((tmp_path / "both").glob("*_candidates.npz"))  # recorded for the second fusion only
 
 
 def test_aggregator_takes_the_swept_ious_only_when_post_processing(lung_plan):
@@ -154,6 +188,11 @@ def test_aggregator_takes_the_swept_ious_only_when_post_processing(lung_plan):
         agg = task.aggregator(cfg, props, opts, cpu, cal if opts.postprocess is False or opts.calibrated else {})
         assert (agg.nms_iou, agg.wbc_iou) == (inf["nms_iou"], inf["wbc_iou"])
     assert task.aggregator(cfg, props, PredictOptions(**task.validation_options()), cpu, cal).record
+    # both outputs from one prediction: the sweep's IoUs, the tile boxes recorded to fuse again with the plan's
+    agg = task.aggregator(cfg, props, PredictOptions(calibrated_out="cal"), cpu, cal)
+    assert (agg.nms_iou, agg.wbc_iou, agg.record) == (0.3, 0.4, True)
+    same = {"detection_sweep": {**cal["detection_sweep"], "nms_iou": inf["nms_iou"], "wbc_iou": inf["wbc_iou"]}}
+    assert not task.aggregator(cfg, props, PredictOptions(calibrated_out="cal"), cpu, same).record
     assert (agg.peak_window, agg.top_k) == (inf["peak_window"], inf["top_k_per_tile"]) == (3, 100)
     del inf["peak_window"], inf["top_k_per_tile"]           # a plan written before the two keys
     agg = task.aggregator(cfg, props, PredictOptions(), cpu, cal)

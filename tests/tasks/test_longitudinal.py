@@ -115,6 +115,16 @@ def _calibrated_round_trip(ms_plan, model, tmp_path):
     p = np.load(out / "maps" / "ms_004_probabilities.npz")["probabilities"].astype(np.float32)
     np.testing.assert_array_equal(labels > 0, p.max(axis=0) > np.float32(cal["thresholds"]["all"]))
     assert (out / "ms_004_lesions.csv").is_file() and (out / "maps" / "ms_004_possible.nii.gz").is_file()
+    # both from one prediction: what the plain and the calibrated predictions write
+    both, both_cal = tmp_path / "both", tmp_path / "both_cal"
+    volseg.predict([ms_plan / "data" / "imagesTs"], both, model, progress=False, calibrated_out=str(both_cal),
+                   save_probabilities=True)
+    for a, b in ((both, tmp_path / "pred"), (both_cal, out)):
+        np.testing.assert_array_equal(read_image(a / "ms_004.nii.gz")[0], read_image(b / "ms_004.nii.gz")[0])
+        assert (a / "ms_004_lesions.csv").read_text() == (b / "ms_004_lesions.csv").read_text()
+    np.testing.assert_array_equal(read_image(both_cal / "maps" / "ms_004_possible.nii.gz")[0],
+                                  read_image(out / "maps" / "ms_004_possible.nii.gz")[0])
+    assert not (both / "maps" / "ms_004_possible.nii.gz").exists()
 
 
 def test_sigmoid_heads_start_at_the_plan_prior():

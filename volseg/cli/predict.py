@@ -34,7 +34,11 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--calibrated", action="store_true",
                    help="threshold at the calibrated value of MODEL/calibration.json (volseg calibrate) instead of the "
                         "argmax and post-processing; writes maps/CASE_possible (voxels the calibrated set adds)")
-    p.add_argument("--calibration", help="a calibration.json other than MODEL/calibration.json (implies --calibrated)")
+    p.add_argument("--calibrated-out", metavar="DIR",
+                   help="also write the calibrated outputs (those of --calibrated) to DIR, with its own summary.json, "
+                        "from the same forward passes as the plain outputs in -o (instead of predicting twice)")
+    p.add_argument("--calibration", help="a calibration.json other than MODEL/calibration.json (implies --calibrated "
+                                         "unless --calibrated-out is given)")
     p.add_argument("--memory-gb", type=float,
                    help="memory budget of the stitching buffers; above it slab mode is used (default: automatic)")
     p.add_argument("--backend", choices=["auto", "torch", "triton"], default="auto",
@@ -85,15 +89,20 @@ def level(text: str) -> float:
 
 
 def run(args: argparse.Namespace) -> int:
+    from volseg.errors import VolsegError
     from volseg.model import load_model
     from volseg.inference.predictor import PredictOptions, predict_folder, resolve_device
     from volseg.runtime import RuntimeChoice
 
+    if args.calibrated and args.calibrated_out:
+        raise VolsegError(args.calibrated_out, "--calibrated writes only the calibrated outputs (to -o) and "
+                          "--calibrated-out writes them beside the plain ones: give one of the two")
     options = PredictOptions(step_fraction=args.step, tta=not args.no_tta, save_probabilities=bool(args.save_probabilities),
                              probabilities_layout=args.save_probabilities or "volseg",
                              save_uncertainty=args.save_uncertainty, device=args.device, backend=args.backend,
                              memory_budget_gb=args.memory_gb, postprocess=not args.no_postprocessing,
-                             calibrated=args.calibrated or bool(args.calibration), calibration_file=args.calibration,
+                             calibrated=args.calibrated, calibration_file=args.calibration,
+                             calibrated_out=args.calibrated_out,
                              shift_check=not args.no_shift_check, shift_alpha=args.shift_alpha,
                              refuse_shifted=args.refuse_shifted, runtime=args.runtime, precision=args.precision)
     from volseg.inference.shards import shard_from_env
@@ -110,10 +119,18 @@ def run(args: argparse.Namespace) -> int:
     if shard and summary["merged"]:
         print(f"every shard is done: {args.out}/summary.json merges the {shard.count} shards")
     print(RuntimeChoice(**summary["runtime"]).describe())
-    if "calibration" in summary:
-        print(f"calibrated: {summary['calibration']['guarantee']}")
-        if summary["calibration"].get("warning"):
-            print(f"warning: {summary['calibration']['warning']}")
+    calibration = summary.get("calibration")
+    if args.calibrated_out:
+        import json
+        from pathlib import Path
+
+        print(f"calibrated outputs → {args.calibrated_out}")
+        cal_summary = Path(args.calibrated_out) / "summary.json"  # with a shard: once every shard is done
+        calibration = json.loads(cal_summary.read_text())["calibration"] if cal_summary.is_file() else None
+    if calibration:
+        print(f"calibrated: {calibration['guarantee']}")
+        if calibration.get("warning"):
+            print(f"warning: {calibration['warning']}")
     for case_id, rec in summary["cases"].items():
         if rec["status"] == "failed":
             print(f"  failed {case_id}: {rec['error']}")

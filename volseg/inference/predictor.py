@@ -38,13 +38,22 @@ class PredictOptions:
     memory_budget_gb: float | None = None
     postprocess: bool = True
     calibrated: bool = False  # apply MODEL/calibration.json (or calibration_file) instead of post-processing
-    calibration_file: str | None = None  # implies calibrated
+    calibration_file: str | None = None  # implies calibrated, unless calibrated_out is given
+    calibrated_out: str | None = None  # also write the calibrated outputs to this folder, from the same forward passes
     shift_check: bool = True  # compare each case with the training data (when the model keeps a reference)
     shift_alpha: float = 0.05  # flag a case whose shift p-value is at most this
     refuse_shifted: bool = False  # do not write the outputs of a flagged case
 
     def __post_init__(self) -> None:
-        self.calibrated = self.calibrated or bool(self.calibration_file)
+        if self.calibrated and self.calibrated_out is not None:
+            raise ValueError("calibrated writes only the calibrated outputs and calibrated_out writes them beside "
+                             "the plain ones: give one of the two")
+        self.calibrated = (self.calibrated or bool(self.calibration_file)) and self.calibrated_out is None
+
+    @property
+    def keeps_conformal_inputs(self) -> bool:
+        """Whether a case keeps what the calibrated sets are made of (e.g. its probabilities)."""
+        return self.calibrated or self.calibrated_out is not None
 
     @property
     def uncertainty(self) -> bool:
@@ -110,6 +119,43 @@ def predict_images(model: LoadedModel, images: np.ndarray, geometry: Geometry, o
         The task's prediction on the input grid (labels and optional maps for segmentation),
         post-processed with the model's calibrated rules.
     """
+    prediction, seconds = _restored(model, images, geometry, options, device, prepared, probe)
+    t0 = time.perf_counter()
+    if conformal is not None:
+        prediction = model.task.apply_conformal(prediction, conformal, model.calibration, geometry.spacing)
+    elif options.postprocess:
+        prediction = model.task.postprocess(prediction, model.calibration, geometry.spacing)
+    seconds["restore"] += time.perf_counter() - t0
+    prediction.seconds = seconds
+    return prediction
+
+
+def predict_images_and_calibrated(model: LoadedModel, images: np.ndarray, geometry: Geometry,
+                                  options: PredictOptions, device: torch.device, conformal: dict,
+                                  prepared: tuple[np.ndarray, dict, float] | None = None,
+                                  probe=None) -> tuple[CasePrediction, CasePrediction]:
+    """:func:`predict_images` twice from one set of forward passes: the plain prediction
+    (post-processed unless ``options.postprocess`` is False) and the calibrated sets of
+    ``conformal``, as ``predict_images(..., conformal=conformal)`` gives them.
+
+    Returns:
+        ``(plain, calibrated)``, on the input grid; they may share arrays (read-only).
+    """
+    prediction, seconds = _restored(model, images, geometry, options, device, prepared, probe)
+    t0 = time.perf_counter()
+    calibrated = model.task.calibrated_copy(prediction, conformal, model.calibration, geometry.spacing, options)
+    prediction.maps.pop("probabilities", None)  # kept for the calibrated sets only
+    if options.postprocess:
+        prediction = model.task.postprocess(prediction, model.calibration, geometry.spacing)
+    seconds["restore"] += time.perf_counter() - t0
+    prediction.seconds, calibrated.seconds = seconds, dict(seconds)
+    return prediction, calibrated
+
+
+def _restored(model: LoadedModel, images: np.ndarray, geometry: Geometry, options: PredictOptions,
+              device: torch.device, prepared, probe) -> tuple[CasePrediction, dict]:
+    """The sliding window and the task's restore onto the input grid, without post-processing;
+    with the seconds of each stage."""
     from volseg.inference.sliding_window import run_sliding_window
 
     cfg, task = model.config, model.task
@@ -124,17 +170,12 @@ def predict_images(model: LoadedModel, images: np.ndarray, geometry: Geometry, o
         probe=probe)
     t2 = time.perf_counter()
     prediction = task.restore(result, props, geometry, options)
-    if conformal is not None:
-        prediction = task.apply_conformal(prediction, conformal, model.calibration, geometry.spacing)
-    elif options.postprocess:
-        prediction = task.postprocess(prediction, model.calibration, geometry.spacing)
-    t3 = time.perf_counter()
     prediction.probabilities_layout = options.probabilities_layout
-    prediction.seconds = {"preprocess": prep_seconds, "network_and_stitching": t2 - t1, "restore": t3 - t2,
-                          "network": float(network_seconds),
-                          **{k: float(v) for k, v in (getattr(result, "timings", None) or {}).items()
-                             if k in ("boxes", "clustering")}}
-    return prediction
+    seconds = {"preprocess": prep_seconds, "network_and_stitching": t2 - t1, "restore": time.perf_counter() - t2,
+               "network": float(network_seconds),
+               **{k: float(v) for k, v in (getattr(result, "timings", None) or {}).items()
+                  if k in ("boxes", "clustering")}}
+    return prediction, seconds
 
 
 def _read_and_prepare(model: LoadedModel, case) -> tuple:
@@ -154,6 +195,10 @@ def predict_folder(inputs: list, out_dir: str | Path, model: LoadedModel, option
     is whole (:func:`~volseg.io.atomic.output_complete`) is skipped; a truncated one is redone.
     The next case is read and preprocessed in a background thread while the current one
     runs, and outputs are written by another.
+
+    With ``options.calibrated_out``, the calibrated outputs (those of ``options.calibrated``)
+    are written to that folder too, with its own ``summary.json``, from the same forward
+    passes as the plain outputs; a case is complete (``resume``) when it is in both.
 
     Each case is compared with the training data when the model keeps a shift reference
     (:mod:`volseg.shift`): its ``shift`` record gives the scores, the fingerprint statistics
@@ -177,16 +222,24 @@ def predict_folder(inputs: list, out_dir: str | Path, model: LoadedModel, option
     from volseg.errors import VolsegError
     from volseg.inference.cases import find_input_cases
     from volseg.inference.export import BackgroundExporter
-    from volseg.io.atomic import check_output_dir, output_complete, write_json
+    from volseg.io.atomic import check_output_dir, output_complete
     from volseg.shift.check import describe_flag
     from volseg.shift.features import FeatureProbe
 
     out_dir = check_output_dir(out_dir, inputs)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    dirs = [out_dir]
+    if options.calibrated_out is not None:
+        cal_dir = check_output_dir(options.calibrated_out, inputs)
+        if cal_dir.resolve() == out_dir.resolve():
+            raise VolsegError(cal_dir, "is the output folder of the plain predictions; choose another folder for "
+                              "the calibrated ones")
+        dirs.append(cal_dir)
+    for d in dirs:
+        d.mkdir(parents=True, exist_ok=True)
     device = resolve_device(options.device)
     ending = model.plans["dataset"].get("file_ending", ".nii.gz")
     conformal = None
-    if options.calibrated:  # before the inputs are searched: a missing calibration fails first
+    if options.keeps_conformal_inputs:  # before the inputs are searched: a missing calibration fails first
         from volseg.conformal.calibrate import load_calibration
 
         cal_file = Path(options.calibration_file or Path(model.root) / "calibration.json")
@@ -199,31 +252,20 @@ def predict_folder(inputs: list, out_dir: str | Path, model: LoadedModel, option
         from volseg.inference.shards import shard_cases
 
         cases = shard_cases(all_cases, shard, model.config["spacing"])
-    todo = [c for c in cases if not (resume and output_complete(model.task.done_file(out_dir, c.case_id, ending)))]
+    todo = [c for c in cases
+            if not (resume and all(output_complete(model.task.done_file(d, c.case_id, ending)) for d in dirs))]
     if todo:  # the inputs are known to be there before a network is exported or checked
         model, runtime = with_runtime(model, options, device)
     else:
         from volseg.runtime import RuntimeChoice
 
         runtime = RuntimeChoice(requested=options.runtime, requested_precision=options.precision)
-    summary = {"model": str(model.root), "configuration": model.config_name, "folds": model.folds,
-               "device": str(device), "tta": options.tta, "runtime": runtime.record(), "cases": {}}
-    if shard is not None:
-        summary["shard"] = {"name": shard.name, "index": shard.index, "count": shard.count,
-                            "cases": [c.case_id for c in cases]}
-    if conformal is not None:
-        from volseg.conformal.calibrate import settings_warning, summary_record
-
-        summary["calibration"] = summary_record(conformal, cal_file)
-        warning = settings_warning(conformal, model.folds, options.tta, model.config_name)
-        if warning:
-            log.warning("%s", warning)
-            summary["calibration"]["warning"] = warning
-    if check is not None:
-        summary["shift"] = _shift_summary(check, options, model.config_name)
-    for c in cases:
-        if c not in todo:
-            summary["cases"][c.case_id] = {"status": "skipped", "reason": "already predicted (--resume)"}
+    shift = _shift_summary(check, options, model.config_name) if check is not None else None
+    summaries = [_folder_summary(model, options, device, runtime, shift, shard, cases, todo,
+                                 (conformal, cal_file) if conformal is not None and (options.calibrated or d is not out_dir)
+                                 else None) for d in dirs]
+    if len(dirs) == 2:
+        summaries[0]["calibrated_out"] = str(dirs[1])
     exporter = BackgroundExporter()
     reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="volseg-read")
     bar = tqdm(total=len(todo), desc="predict", unit="case", disable=not progress, leave=False)
@@ -236,46 +278,90 @@ def predict_folder(inputs: list, out_dir: str | Path, model: LoadedModel, option
                 images, geometry, prepared = fut.result()
                 probe = FeatureProbe(model.networks) if check is not None and check.features is not None else None
                 try:
-                    pred = predict_images(model, images, geometry, options, device, prepared, conformal, probe)
+                    if len(dirs) == 2:
+                        preds = predict_images_and_calibrated(model, images, geometry, options, device, conformal,
+                                                              prepared, probe)
+                    else:
+                        preds = (predict_images(model, images, geometry, options, device, prepared, conformal, probe),)
                 finally:
                     if probe is not None:
                         probe.close()
-                record = _case_record(pred, images, geometry, check, probe)
+                record = _case_record(preds[0], images, geometry, check, probe)
                 if record.get("shift", {}).get("flagged"):
                     log.warning("%s", describe_flag(case.case_id, record["shift"], check.alpha))
-                    summary["shift"]["flagged"].append(case.case_id)
+                    for summary in summaries:
+                        summary["shift"]["flagged"].append(case.case_id)
                     if options.refuse_shifted:
                         record["status"] = "refused"
-                if not options.save_uncertainty:
-                    _drop_uncertainty(pred)
-                if record["status"] == "done":
-                    exporter.submit(model.task.export, out_dir, case.case_id, ending, geometry, pred)
-                record["seconds"] = {**{k: round(v, 4) for k, v in pred.seconds.items()},
-                                     "total": round(time.perf_counter() - t0, 4)}
-                summary["cases"][case.case_id] = record
+                for d, pred, summary in zip(dirs, preds, summaries):
+                    if not options.save_uncertainty:
+                        _drop_uncertainty(pred)
+                    if record["status"] == "done":
+                        exporter.submit(model.task.export, d, case.case_id, ending, geometry, pred)
+                    summary["cases"][case.case_id] = {
+                        **record, "seconds": {**{k: round(v, 4) for k, v in pred.seconds.items()},
+                                              "total": round(time.perf_counter() - t0, 4)}}
             except VolsegError as e:
                 log.error("skipping case %s: %s", case.case_id, e)
-                summary["cases"][case.case_id] = {"status": "failed", "error": str(e)}
+                for summary in summaries:
+                    summary["cases"][case.case_id] = {"status": "failed", "error": str(e)}
             bar.update()
         exporter.wait()
         if shard is None:
-            model.task.finish_folder(out_dir, [c.case_id for c in cases])
+            for d in dirs:
+                model.task.finish_folder(d, [c.case_id for c in cases])
     finally:
         bar.close()
         reader.shutdown()
         exporter.close()
+    for d, summary in zip(dirs, summaries):
+        _write_summary(model, d, summary, shard, all_cases)
+    return summaries[0]
+
+
+def _folder_summary(model: LoadedModel, options: PredictOptions, device: torch.device, runtime, shift: dict | None,
+                    shard, cases: list, todo: list, calibration: tuple[dict, Path] | None) -> dict:
+    """The ``summary.json`` of one output folder before its cases are predicted (``shift``: the
+    top-level shift record, copied); with ``calibration`` (the record and its file), that of
+    calibrated outputs."""
+    summary = {"model": str(model.root), "configuration": model.config_name, "folds": model.folds,
+               "device": str(device), "tta": options.tta, "runtime": runtime.record(), "cases": {}}
+    if shard is not None:
+        summary["shard"] = {"name": shard.name, "index": shard.index, "count": shard.count,
+                            "cases": [c.case_id for c in cases]}
+    if calibration is not None:
+        from volseg.conformal.calibrate import settings_warning, summary_record
+
+        conformal, cal_file = calibration
+        summary["calibration"] = summary_record(conformal, cal_file)
+        warning = settings_warning(conformal, model.folds, options.tta, model.config_name)
+        if warning:
+            log.warning("%s", warning)
+            summary["calibration"]["warning"] = warning
+    if shift is not None:
+        summary["shift"] = {**shift, "flagged": list(shift["flagged"])}
+    for c in cases:
+        if c not in todo:
+            summary["cases"][c.case_id] = {"status": "skipped", "reason": "already predicted (--resume)"}
+    return summary
+
+
+def _write_summary(model: LoadedModel, out_dir: Path, summary: dict, shard, all_cases: list) -> None:
+    """Count the statuses and write ``summary.json`` (with a shard: its shard summary, then the
+    merged one and the folder-wide files once every shard is done)."""
+    from volseg.io.atomic import write_json
+
     statuses = [c["status"] for c in summary["cases"].values()]
     summary["counts"] = {s: statuses.count(s) for s in ("done", "skipped", "failed", "refused")}
     if shard is None:
         write_json(out_dir / "summary.json", summary)
-        return summary
+        return
     from volseg.inference.shards import merge_summaries
 
     write_json(out_dir / shard.summary_file, summary)
     summary["merged"] = merge_summaries(out_dir, shard.count) is not None
     if summary["merged"]:
         model.task.finish_folder(out_dir, [c.case_id for c in all_cases])
-    return summary
 
 
 def _shift_check(model: LoadedModel, options: PredictOptions):

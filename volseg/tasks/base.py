@@ -27,6 +27,7 @@ Life of a task in the pipeline::
     conformal task.conformal_kind                      "dense" (probability maps) or "boxes"
              task.conformal_targets(probs, by_class)   score maps a calibrated threshold applies to
              task.apply_conformal(prediction, cal, ..) ``predict --calibrated``: the calibrated sets
+             task.calibrated_copy(prediction, ..)      the same beside the plain outputs (``--calibrated-out``)
 """
 
 from __future__ import annotations
@@ -204,6 +205,12 @@ class Task(Protocol):
                         spacing: Sequence[float]) -> CasePrediction:
         """The calibrated sets (``conformal["thresholds"]``: target → threshold) in place of the
         argmax and post-processing; ``calibration`` holds the other fitted calibrators."""
+
+    def calibrated_copy(self, prediction: CasePrediction, conformal: dict, calibration: dict,
+                        spacing: Sequence[float], options: Any) -> CasePrediction:
+        """:meth:`apply_conformal` of a restored prediction as a new prediction, leaving
+        ``prediction`` for the plain post-processing (``predict --calibrated-out``: both from
+        one set of forward passes)."""
 
 
 def register_task(name: str) -> Callable[[type], type]:

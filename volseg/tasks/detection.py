@@ -12,6 +12,7 @@ segmentation head's label map.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Sequence
 
@@ -187,29 +188,37 @@ class DetectionTask(SegmentationTask):
 
         return best_f1(stats)
 
-    def aggregator(self, config: dict, props: dict, options, device: torch.device, calibration: dict | None = None):
-        """Boxes per tile and member, fused at the end; the segmentation head stitched densely.
+    def fusion_ious(self, config: dict, options, calibration: dict | None, calibrated: bool) -> tuple[float, float]:
+        """``(nms_iou, wbc_iou)`` the boxes are fused with: the detection sweep's when the
+        prediction is post-processed; otherwise (the held-out fold, ``--no-postprocessing``) and
+        for the calibrated outputs, whose threshold was calibrated on held-out boxes fused with
+        them, the plan's."""
+        inf = config["detection"]["inference"]
+        sweep = (calibration or {}).get("detection_sweep") or {}
+        if options.postprocess and not calibrated:
+            return sweep.get("nms_iou", inf["nms_iou"]), sweep.get("wbc_iou", inf["wbc_iou"])
+        return inf["nms_iou"], inf["wbc_iou"]
 
-        NMS and WBC take the thresholds of the detection sweep when the prediction is
-        post-processed; otherwise (the held-out fold, ``--no-postprocessing``) and for
-        ``--calibrated``, whose threshold was calibrated on held-out boxes fused with them,
-        the plan's."""
+    def aggregator(self, config: dict, props: dict, options, device: torch.device, calibration: dict | None = None):
+        """Boxes per tile and member, fused at the end (:meth:`fusion_ious`); the segmentation
+        head stitched densely. With ``options.calibrated_out`` and other IoU thresholds for the
+        calibrated outputs, every tile's boxes are recorded, so that :meth:`calibrated_copy`
+        can fuse them again."""
         from volseg.detection.aggregation import BoxAggregator
         from volseg.detection.coder import BoxCoder
 
         inf = config["detection"]["inference"]
-        sweep = (calibration or {}).get("detection_sweep") or {}
-        swept = options.postprocess and not options.calibrated
+        nms_iou, wbc_iou = self.fusion_ious(config, options, calibration, options.calibrated)
+        fuse_again = (getattr(options, "calibrated_out", None) is not None
+                      and self.fusion_ious(config, options, calibration, True) != (nms_iou, wbc_iou))
         dense = super().aggregator(config, props, options, device, calibration)
         return BoxAggregator(config["detection"]["anchors"], config["patch_size"], self.num_classes,
                              config["network"]["num_anchors"], coder=BoxCoder(), score_floor=inf["score_floor"],
                              **{k: inf[k] for k in ("peak_window", "top_k_per_tile") if k in inf},  # else the aggregator's
-                             nms_iou=sweep.get("nms_iou", inf["nms_iou"]) if swept else inf["nms_iou"],
-                             wbc_iou=sweep.get("wbc_iou", inf["wbc_iou"]) if swept else inf["wbc_iou"],
-                             max_detections=inf["max_detections"],
+                             nms_iou=nms_iou, wbc_iou=wbc_iou, max_detections=inf["max_detections"],
                              sigma_scale=config["inference"]["gaussian_sigma_scale"], dense=dense,
                              gaussian_center=config["inference"].get("gaussian_center", "middle"),
-                             record=getattr(options, "save_candidates", False))
+                             record=getattr(options, "save_candidates", False) or fuse_again)
 
     def restore(self, result, props: dict, geometry, options) -> CasePrediction:
         """Boxes in voxels of the input image; the segmentation head's labels on the input grid."""
@@ -249,6 +258,32 @@ class DetectionTask(SegmentationTask):
         prediction.boxes = apply_box_rules(prediction.boxes, {"score_threshold": conformal["thresholds"]["all"],
                                                               "min_size_mm": 0.0}, spacing)
         return prediction
+
+    def calibrated_copy(self, prediction: CasePrediction, conformal: dict, calibration: dict,
+                        spacing: Sequence[float], options) -> CasePrediction:
+        """The calibrated boxes of a restored prediction, as a new prediction that shares its
+        label map and maps. When the calibrated outputs take other IoU thresholds than the
+        plain ones (:meth:`fusion_ious`), the recorded tile boxes are fused again with them
+        (:func:`~volseg.detection.replay.replay_case`, which gives exactly what an aggregation
+        with those thresholds gives). The recorded boxes stay in ``prediction`` only when
+        ``options.save_candidates``."""
+        from volseg.detection.export import boxes_to_input_grid
+        from volseg.detection.replay import replay_case
+
+        maps = dict(prediction.maps)
+        record = maps.pop("candidates", None)
+        if not getattr(options, "save_candidates", False):
+            prediction.maps.pop("candidates", None)
+        copy = replace(prediction, maps=maps, boxes=dict(prediction.boxes))
+        plain = self.fusion_ious(self.config, options, calibration, False)
+        wanted = self.fusion_ious(self.config, options, calibration, True)
+        if wanted != plain:
+            fused = replay_case(record, *wanted)
+            boxes = np.asarray(fused.boxes, dtype=np.float64).reshape(-1, 6)
+            copy.boxes = {"boxes": boxes_to_input_grid(boxes, record["props"]),
+                          "scores": np.asarray(fused.scores, dtype=np.float64),
+                          "classes": np.asarray(fused.labels, dtype=np.int64)}
+        return self.apply_conformal(copy, conformal, calibration, spacing)
 
     def export(self, out_dir: Path, case_id: str, ending: str, geometry, prediction: CasePrediction) -> list[Path]:
         """The segmentation head's label map, then ``CASE_boxes.json`` (written last)."""

@@ -9,6 +9,7 @@ post-processing chosen on the held-out predictions.
 from __future__ import annotations
 
 import shutil
+from dataclasses import replace
 from pathlib import Path
 from typing import Sequence
 
@@ -186,7 +187,7 @@ class SegmentationTask:
         from volseg.inference.dense import dense_aggregator
 
         same_grid = list(props["shape_after_resampling"]) == list(props["shape_after_crop"])
-        calibrated = options.calibrated and self.conformal_kind == "dense"
+        calibrated = options.keeps_conformal_inputs and self.conformal_kind == "dense"
         want_probs = options.save_probabilities or self.mode == "sigmoid" or calibrated
         budget = None if options.memory_budget_gb is None else int(options.memory_budget_gb * 1e9)
         return dense_aggregator(self.outputs["num_outputs"], props["shape_after_resampling"], config["patch_size"],
@@ -198,7 +199,7 @@ class SegmentationTask:
 
     def restore(self, result, props: dict, geometry, options) -> CasePrediction:
         """Resample (when needed), finalize and un-crop the stitched result onto the input grid."""
-        calibrated = options.calibrated and self.conformal_kind == "dense"
+        calibrated = options.keeps_conformal_inputs and self.conformal_kind == "dense"
         lab, p, ent, maps = self.dense_on_input_grid(result, props, geometry, options,
                                                      options.save_probabilities or calibrated)
         if calibrated:
@@ -303,6 +304,12 @@ class SegmentationTask:
         prediction.labels = labels
         prediction.maps["possible"] = ((labels > 0) & (plain == 0)).astype(np.uint8)
         return prediction
+
+    def calibrated_copy(self, prediction: CasePrediction, conformal: dict, calibration: dict,
+                        spacing: Sequence[float], options) -> CasePrediction:
+        """What ``--calibrated`` makes of a restored prediction, as a new prediction that shares
+        its arrays: ``prediction`` keeps its labels and maps for the plain post-processing."""
+        return self.apply_conformal(replace(prediction, maps=dict(prediction.maps)), conformal, calibration, spacing)
 
     def export(self, out_dir: Path, case_id: str, ending: str, geometry, prediction: CasePrediction) -> list[Path]:
         from volseg.inference.export import export_case
