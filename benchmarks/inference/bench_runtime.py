@@ -16,7 +16,8 @@ Methods take turns for ``--rounds`` rounds, and the fastest run of each counts. 
   sliding window, restoring, writing; the model loaded and the runtime chosen beforehand)
   against ``nnUNetPredictor.predict_from_files_sequential`` on the same file (the same steps);
 * **sliding window** on the preprocessed array: volseg's ``predict_sliding_window`` with each
-  runtime against MONAI (labels only, Gaussian σ = patch/8, overlap 0.5, tile batch 2);
+  runtime against MONAI (labels only, Gaussian σ = patch/8, overlap 0.5, the same tile batch:
+  ``--tile-batch``, by default what ``volseg predict`` takes on the CPU);
 * each method's share of voxels with volseg-torch's labels, and its peak resident set.
 
 Usage:
@@ -87,7 +88,7 @@ def _labels(path: Path) -> np.ndarray:
     return sitk.GetArrayFromImage(sitk.ReadImage(str(path)))
 
 
-def run_whole_case(method: str, model_dir: Path, images: Path, out: Path, tta: bool) -> dict:
+def run_whole_case(method: str, model_dir: Path, images: Path, out: Path, tta: bool, tiles: int | None) -> dict:
     """One volseg runtime on the whole case, in this (child) process."""
     import monai.inferers  # noqa: F401  (equal imports)
 
@@ -97,7 +98,8 @@ def run_whole_case(method: str, model_dir: Path, images: Path, out: Path, tta: b
     runtime, precision = RUNTIMES[method]
     t0 = time.perf_counter()
     model = load_model(model_dir)
-    options = PredictOptions(tta=tta, runtime=runtime, precision=precision, shift_check=False, device="cpu")
+    options = PredictOptions(tta=tta, runtime=runtime, precision=precision, shift_check=False, device="cpu",
+                             tile_batch=tiles)
     summary = predict_folder([images], out, model, options, progress=False)  # the first: export and check
     first = time.perf_counter() - t0
     summary = predict_folder([images], out, model, options, progress=False)
@@ -106,14 +108,14 @@ def run_whole_case(method: str, model_dir: Path, images: Path, out: Path, tta: b
             "runtime": summary["runtime"]["runtime"], "precision": summary["runtime"]["precision"]}
 
 
-def run_window(method: str, model_dir: Path, images: Path, tta: bool, out: Path) -> dict:
+def run_window(method: str, model_dir: Path, images: Path, tta: bool, out: Path, tiles: int | None) -> dict:
     """The sliding window alone on the preprocessed case: a volseg runtime, or MONAI with volseg's torch network."""
     from monai.inferers import sliding_window_inference
 
     import torch
 
     from volseg.inference.cases import find_input_cases, read_input_case
-    from volseg.inference.predictor import PredictOptions, prepare as preprocess, with_runtime
+    from volseg.inference.predictor import PredictOptions, prepare as preprocess, tile_batch, with_runtime
     from volseg.inference.sliding_window import predict_sliding_window
     from volseg.model import load_model
 
@@ -121,7 +123,7 @@ def run_window(method: str, model_dir: Path, images: Path, tta: bool, out: Path)
     images_, geometry = read_input_case(find_input_cases([images], model.num_channels)[0], model.num_channels)
     data = torch.from_numpy(preprocess(model, images_, geometry)[0])
     cfg = model.config
-    patch, batch = cfg["patch_size"], cfg["inference"]["tile_batch"]
+    patch, batch = cfg["patch_size"], tile_batch(cfg, PredictOptions(tile_batch=tiles), torch.device("cpu"))
     mirror = cfg["inference"]["mirror_axes"] if tta else ()
     k = model.plans["outputs"]["num_outputs"]
     if method == "monai":
@@ -138,7 +140,8 @@ def run_window(method: str, model_dir: Path, images: Path, tta: bool, out: Path)
             return monai_labels(logits[0])  # as volseg's finalize takes them
     else:
         runtime, precision = RUNTIMES[method]
-        model, _ = with_runtime(model, PredictOptions(runtime=runtime, precision=precision), torch.device("cpu"))
+        model, _ = with_runtime(model, PredictOptions(runtime=runtime, precision=precision, tile_batch=batch),
+                                torch.device("cpu"))
 
         def predict() -> torch.Tensor:
             return predict_sliding_window(model.networks, data, patch, k, mirror_axes=mirror, tile_batch=batch).labels
@@ -174,14 +177,15 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=2, help="processes per method, taking turns (default 2)")
     ap.add_argument("--nnunet-python", type=Path, default=DEFAULT_PEER)
     ap.add_argument("--work", type=Path, help="working folder (default: a temporary one)")
-    ap.add_argument("--child", nargs=5, help=argparse.SUPPRESS)  # KIND METHOD TTA WORK OUT
+    ap.add_argument("--tile-batch", type=int, help="tiles per forward pass of volseg and MONAI (default: what volseg "
+                    "predict takes on the CPU, the imported plan's tile_batch_cpu; nnU-Net's predictor takes 1)")
+    ap.add_argument("--child", nargs=6, help=argparse.SUPPRESS)  # KIND METHOD TTA WORK OUT TILES
     args = ap.parse_args()
     if args.child:
-        kind, method, tta, work, out = args.child
-        work = Path(work)
-        fn = run_whole_case if kind == "case" else run_window
-        rec = fn(method, work / "model", work / "images", Path(out), tta == "1") if kind == "case" else \
-            fn(method, work / "model", work / "images", tta == "1", Path(out))
+        kind, method, tta, work, out, tiles = args.child
+        work, tiles = Path(work), int(tiles) or None
+        rec = run_whole_case(method, work / "model", work / "images", Path(out), tta == "1", tiles) if kind == "case" \
+            else run_window(method, work / "model", work / "images", tta == "1", Path(out), tiles)
         print(json.dumps(rec))
         return
     peer = args.nnunet_python if args.nnunet_python.is_file() else None
@@ -190,8 +194,15 @@ def main() -> None:
     trainer, model, images = prepare(work)
     import torch
 
+    from volseg.inference.predictor import PredictOptions, tile_batch
+    from volseg.planning.plans import load_plans
+
+    plans = load_plans(model / "plans.json")
+    config = plans["configurations"][plans["default_configuration"]]
+    tiles = tile_batch(config, PredictOptions(tile_batch=args.tile_batch), torch.device("cpu"))
     print(f"machine: {cpu_name()} ({cpu_flags()}), {os.cpu_count()} cores, torch threads {torch.get_num_threads()}; "
-          f"case: MNI152 T1 2 mm; network: PlainConvUNet 16→256, patch 64³, 3 classes; rounds {args.rounds}")
+          f"case: MNI152 T1 2 mm; network: PlainConvUNet 16→256, patch 64³, 3 classes; rounds {args.rounds}; "
+          f"tile batch {tiles} for volseg and MONAI (nnU-Net's predictor: 1)")
     if peer is None:
         print(f"nnU-Net v2 not found at {args.nnunet_python}: its predictor is not measured "
               "(bash scripts/setup_peers.sh installs it, or pass --nnunet-python)")
@@ -200,7 +211,7 @@ def main() -> None:
         case, window = {}, {}
         for _ in range(args.rounds):
             for m in RUNTIMES:
-                rec = child(["--child", "case", m, t, str(work), str(work / f"case_{m}")])
+                rec = child(["--child", "case", m, t, str(work), str(work / f"case_{m}"), str(tiles)])
                 if m not in case or rec["total"] < case[m]["total"]:
                     case[m] = rec
             if peer is not None:
@@ -213,7 +224,7 @@ def main() -> None:
                 if "nnU-Net" not in case or rec["total"] < case["nnU-Net"]["total"]:
                     case["nnU-Net"] = rec
             for m in (*RUNTIMES, "monai"):
-                rec = child(["--child", "window", m, t, str(work), str(work / f"window_{m}.npy")])
+                rec = child(["--child", "window", m, t, str(work), str(work / f"window_{m}.npy"), str(tiles)])
                 if m not in window or rec["total"] < window[m]["total"]:
                     window[m] = rec
         ref = _labels(work / "case_volseg-torch" / f"{CASE}.nii.gz")
@@ -233,9 +244,9 @@ def main() -> None:
         fastest = min((m for m in RUNTIMES if not m.endswith("bf16")), key=lambda m: case[m]["total"])
         line = f"fastest f32 volseg ({fastest}) against"
         if "nnU-Net" in case:
-            line += f" nnU-Net: {case[fastest]['total'] / case['nnU-Net']['total']:.2f}× the time;"
+            line += f" nnU-Net: {case[fastest]['total'] / case['nnU-Net']['total']:.3f}× the time;"
         wf = min((m for m in RUNTIMES if not m.endswith("bf16")), key=lambda m: window[m]["total"])
-        line += f" sliding window {wf} against MONAI: {window[wf]['total'] / window['monai']['total']:.2f}× the time"
+        line += f" sliding window {wf} against MONAI: {window[wf]['total'] / window['monai']['total']:.3f}× the time"
         print("\n" + line, flush=True)
     print(f"\nwork folder: {work}")
 

@@ -54,7 +54,8 @@ def test_import_plain_unet_computes_the_original_function(tmp_path):
     cfg = plans["configurations"]["3d_fullres"]
     assert cfg["network"]["architecture"] == "unet"
     assert cfg["inference"] == {"step_fraction": 0.5, "gaussian_sigma_scale": 0.125, "gaussian_center": "half_index",
-                                "mirror_axes": [0, 1, 2], "tile_batch": 2}  # nnUNetPredictor's tile weights
+                                "mirror_axes": [0, 1, 2], "tile_batch": 2,  # nnUNetPredictor's tile weights
+                                "tile_batch_cpu": 1}  # one tile at a time on the CPU, as nnUNetPredictor
     assert plans["crop_to_nonzero"] is True
     assert plans["outputs"] == {"mode": "softmax", "num_outputs": 3, "class_values": [0, 1, 2]}
     assert plans["normalization"] == [{"channel": 0, "scheme": "ct", "clip": [-50.0, 300.0], "mean": 80.0, "std": 70.0}]

@@ -153,3 +153,31 @@ def test_probabilities_in_nnunet_layout(tiny_model, inputs, tmp_path):
     assert not list((out / "maps").glob("*_probabilities.npz")) if (out / "maps").exists() else True
     files = probability_files(out)  # volseg calibrate reads this layout too
     assert sorted(files) == sorted(geoms) and read_probabilities(files["a"]).shape[1:] == geoms["a"].shape
+
+
+def test_tile_batch_is_the_option_else_the_plan_s_for_the_device():
+    import torch
+
+    from volseg.inference.predictor import PredictOptions, tile_batch
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    config = {"inference": {"tile_batch": 4, "tile_batch_cpu": 1}}
+    assert (tile_batch(config, PredictOptions(), cpu), tile_batch(config, PredictOptions(), cuda)) == (1, 4)
+    assert tile_batch(config, PredictOptions(tile_batch=3), cpu) == tile_batch(config, PredictOptions(tile_batch=3), cuda) == 3
+    assert tile_batch({"inference": {"tile_batch": 4}}, PredictOptions(), cpu) == 4  # a plan written before the key
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(ValueError, match="tile_batch must be a positive integer"):
+            PredictOptions(tile_batch=bad)
+
+
+def test_tile_batch_option_and_its_error(tiny_model, inputs, tmp_path, capsys):
+    folder, _ = inputs
+    out = tmp_path / "one"
+    assert main(["predict", "-i", str(folder), "-o", str(out), "-m", str(tiny_model), "--tile-batch", "1", "--no-tta",
+                 "--no-progress"]) == 1  # the broken case fails, the others are written
+    assert (out / "a.nii.gz").is_file() and (out / "c.nii.gz").is_file()
+    capsys.readouterr()
+    assert main(["predict", "-i", str(folder), "-o", str(tmp_path / "x"), "-m", str(tiny_model), "--tile-batch",
+                 "0"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "--tile-batch must be at least 1" in err and "\n" not in err

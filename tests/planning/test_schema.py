@@ -47,6 +47,17 @@ def test_every_planned_plan_validates(plans_by_task):
         assert plans["default_configuration"] == ("3d_cpu" if device == "cpu" else "3d_fullres")
 
 
+def test_a_gpu_configuration_predicts_one_tile_at_a_time_on_the_cpu(plans_by_task):
+    """GPU configurations batch tiles on the GPU and take one at a time on the CPU; CPU ones keep their batch."""
+    from volseg.planning.planner import CPU_TILE_BATCH
+
+    for (name, _), plans in plans_by_task.items():
+        for config in plans["configurations"].values():
+            inf = config["inference"]
+            assert inf["tile_batch"] == config["batch_size"], name
+            assert inf["tile_batch_cpu"] == (config["batch_size"] if config["device"] == "cpu" else CPU_TILE_BATCH), name
+
+
 def test_a_lowres_configuration_validates(tmp_path):
     data = make_dataset(tmp_path / "big", n_cases=2, shape=(96, 128, 128), spacing=(1.0, 1.0, 1.0))
     plans = _plan(data, tmp_path / "plan", device="cuda", memory_gb=2.0)

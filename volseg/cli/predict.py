@@ -20,6 +20,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
                    help="which checkpoint of each fold (default final)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="default: cuda if available")
     p.add_argument("--step", type=float, help="tile step as a fraction of the patch (default: the plan's, 0.5)")
+    p.add_argument("--tile-batch", type=int, metavar="N",
+                   help="tiles per forward pass (default: the plan's inference.tile_batch, on the CPU its "
+                        "tile_batch_cpu when it has one)")
     p.add_argument("--no-tta", action="store_true", help="no mirroring test-time augmentation")
     p.add_argument("--save-probabilities", nargs="?", const="volseg", choices=["volseg", "nnunet"],
                    help="also write the probabilities, (K, Z, Y, X) on the input grid: maps/CASE_probabilities.npz "
@@ -30,7 +33,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
                         "(mean entropy of the ensemble members, aleatoric) and maps/CASE_mutual_information (where "
                         "folds and mirrors disagree, epistemic), in nats, and each case's mean uncertainty in "
                         "summary.json")
-    p.add_argument("--no-postprocessing", action="store_true", help="skip the rules fitted on the held-out fold: connected-component rules; for detection, the sweep's IoU thresholds, score threshold and minimum size")
+    p.add_argument("--no-postprocessing", action="store_true",
+                   help="skip the rules fitted on the held-out fold: connected-component rules; for detection, the "
+                        "sweep's IoU thresholds, score threshold and minimum size")
     p.add_argument("--calibrated", action="store_true",
                    help="threshold at the calibrated value of MODEL/calibration.json (volseg calibrate) instead of the "
                         "argmax and post-processing; writes maps/CASE_possible (voxels the calibrated set adds)")
@@ -97,7 +102,10 @@ def run(args: argparse.Namespace) -> int:
     if args.calibrated and args.calibrated_out:
         raise VolsegError(args.calibrated_out, "--calibrated writes only the calibrated outputs (to -o) and "
                           "--calibrated-out writes them beside the plain ones: give one of the two")
-    options = PredictOptions(step_fraction=args.step, tta=not args.no_tta, save_probabilities=bool(args.save_probabilities),
+    if args.tile_batch is not None and args.tile_batch < 1:
+        raise VolsegError(None, f"--tile-batch must be at least 1, got {args.tile_batch}")
+    options = PredictOptions(step_fraction=args.step, tile_batch=args.tile_batch, tta=not args.no_tta,
+                             save_probabilities=bool(args.save_probabilities),
                              probabilities_layout=args.save_probabilities or "volseg",
                              save_uncertainty=args.save_uncertainty, device=args.device, backend=args.backend,
                              memory_budget_gb=args.memory_gb, postprocess=not args.no_postprocessing,

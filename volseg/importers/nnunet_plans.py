@@ -170,8 +170,8 @@ def build_plans(*, dataset_name: str, channel_names: dict, labels: dict, outputs
     from volseg import __version__
     from volseg.data.augmentation import default_augmentation
     from volseg.data.sampling import FOREGROUND_OVERSAMPLING
-    from volseg.planning.planner import (GRAD_CLIP, LR_SCHEDULE, PLANS_FORMAT, PLANS_VERSION, SCORE_EMA_MOMENTUM,
-                                         SGD_OPTIMIZER, TRAINING_CUDA)
+    from volseg.planning.planner import (CPU_TILE_BATCH, GRAD_CLIP, LR_SCHEDULE, PLANS_FORMAT, PLANS_VERSION,
+                                         SCORE_EMA_MOMENTUM, SGD_OPTIMIZER, TRAINING_CUDA)
     from volseg.training.losses import default_deep_supervision_weights
 
     patch = [int(p) for p in patch_size]
@@ -196,7 +196,8 @@ def build_plans(*, dataset_name: str, channel_names: dict, labels: dict, outputs
                      "best_checkpoint": "score_ema"},
         "augmentation": default_augmentation(patch, spacing, mirror),
         "inference": {"step_fraction": STEP_FRACTION, "gaussian_sigma_scale": GAUSSIAN_SIGMA_SCALE,
-                      "gaussian_center": "half_index", "mirror_axes": mirror, "tile_batch": int(batch_size)},
+                      "gaussian_center": "half_index", "mirror_axes": mirror, "tile_batch": int(batch_size),
+                      "tile_batch_cpu": CPU_TILE_BATCH},
     }
     if median_shape is not None:
         config["median_shape"] = [int(round(float(s))) for s in median_shape]

@@ -26,6 +26,7 @@ class PredictOptions:
     """How to predict. ``None`` fields take the plan's ``inference`` settings."""
 
     step_fraction: float | None = None
+    tile_batch: int | None = None  # tiles per forward pass (default: see tile_batch())
     tta: bool = True
     save_probabilities: bool = False
     probabilities_layout: str = "volseg"  # or "nnunet": CASE.npz beside the label map (see export_case)
@@ -45,6 +46,9 @@ class PredictOptions:
     refuse_shifted: bool = False  # do not write the outputs of a flagged case
 
     def __post_init__(self) -> None:
+        if self.tile_batch is not None and (isinstance(self.tile_batch, bool) or not isinstance(self.tile_batch, int)
+                                            or self.tile_batch < 1):
+            raise ValueError(f"tile_batch must be a positive integer, got {self.tile_batch!r}")
         if self.calibrated and self.calibrated_out is not None:
             raise ValueError("calibrated writes only the calibrated outputs and calibrated_out writes them beside "
                              "the plain ones: give one of the two")
@@ -75,6 +79,15 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
+def tile_batch(config: dict, options: PredictOptions, device: torch.device) -> int:
+    """Tiles per forward pass: ``options.tile_batch`` when given, else the plan's
+    ``inference.tile_batch``, or on the CPU its ``tile_batch_cpu`` when the plan has one."""
+    inf = config["inference"]
+    if options.tile_batch is not None:
+        return int(options.tile_batch)
+    return int(inf.get("tile_batch_cpu", inf["tile_batch"]) if device.type == "cpu" else inf["tile_batch"])
+
+
 def with_runtime(model: LoadedModel, options: PredictOptions, device: torch.device):
     """``model`` with its networks run by the runtime ``options`` ask for (checked against torch
     on one tile batch; see :func:`volseg.runtime.select_runtime`), and the choice made."""
@@ -82,7 +95,7 @@ def with_runtime(model: LoadedModel, options: PredictOptions, device: torch.devi
     from volseg.runtime import select_runtime
 
     cfg = model.config
-    shape = (cfg["inference"]["tile_batch"], model.num_channels, *cfg["patch_size"])
+    shape = (tile_batch(cfg, options, device), model.num_channels, *cfg["patch_size"])
     networks, choice = select_runtime(model.networks, [fold_dir(model.root, f) for f in model.folds], shape,
                                       options.runtime, options.precision, device, getattr(model.task, "mode", "softmax"))
     if choice.notice:
@@ -166,8 +179,8 @@ def _restored(model: LoadedModel, images: np.ndarray, geometry: Geometry, option
     result, network_seconds = run_sliding_window(
         model.networks, torch.from_numpy(data), cfg["patch_size"], aggregator,
         step_fraction=options.step_fraction or inf["step_fraction"],
-        mirror_axes=inf["mirror_axes"] if options.tta else (), tile_batch=inf["tile_batch"], device=device,
-        probe=probe)
+        mirror_axes=inf["mirror_axes"] if options.tta else (), tile_batch=tile_batch(cfg, options, device),
+        device=device, probe=probe)
     t2 = time.perf_counter()
     prediction = task.restore(result, props, geometry, options)
     prediction.probabilities_layout = options.probabilities_layout

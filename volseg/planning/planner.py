@@ -40,6 +40,11 @@ SGD_OPTIMIZER = {"name": "sgd", "lr": 0.01, "momentum": 0.99, "nesterov": True, 
 LR_SCHEDULE = {"name": "poly", "exponent": 0.9}
 GRAD_CLIP = 12.0
 SCORE_EMA_MOMENTUM = 0.9  # smoothing of the validation score that picks checkpoint_best.pt
+# Tiles per forward pass on the CPU for a configuration sized for a GPU. Its larger network runs
+# each tile faster one at a time: a 16→256-feature U-Net on 64³ tiles, 2-core Xeon (AVX-512),
+# 0.142 against 0.199 s per tile in torch, 0.078 against 0.080 s in OpenVINO (batch 1 against 2).
+# The small 3d_cpu networks run as fast or faster two at a time and keep their batch.
+CPU_TILE_BATCH = 1
 
 
 def determine_outputs(labels: dict) -> dict:
@@ -217,5 +222,7 @@ def _configuration(spacing, median_shape, patch, batch, network, device, budget,
         "augmentation": default_augmentation([int(p) for p in patch], [float(s) for s in spacing], mirror_axes),
         "inference": {"step_fraction": 0.5, "gaussian_sigma_scale": 0.125, "gaussian_center": "middle",
                       "mirror_axes": mirror_axes,
-                      "tile_batch": int(batch)},
+                      "tile_batch": int(batch),
+                      # a configuration sized for a GPU predicts one tile at a time on the CPU (see CPU_TILE_BATCH)
+                      "tile_batch_cpu": int(batch) if device == "cpu" else CPU_TILE_BATCH},
     }
