@@ -102,3 +102,18 @@ def test_torchrun_two_ranks(tiny_model, cohort, tmp_path, free_port):
     merged = json.loads((out / "summary.json").read_text())
     assert merged["counts"] == {"done": 5, "skipped": 0, "failed": 1, "refused": 0}
     assert all((out / f"{c}.nii.gz").is_file() for c in "abcde")
+
+
+def test_shards_write_both_folders_with_calibrated_out(tiny_model, cohort, tmp_path):
+    """With --calibrated-out, each rank writes its cases to both folders; the last merges both summaries."""
+    cal = tmp_path / "calibration.json"
+    cal.write_text(json.dumps({"format": "volseg-calibration", "version": 1, "method": "crc", "risk": "voxel_fnr",
+                               "alpha": 0.5, "n": 4, "thresholds": {"all": 0.3}, "guarantee": "a test record"}))
+    out, cal_out = tmp_path / "plain", tmp_path / "calibrated"
+    for k in (0, 1):
+        _predict(tiny_model, cohort, out, "--shard", f"{k}/2", "--calibrated-out", str(cal_out),
+                 "--calibration", str(cal))
+    for folder in (out, cal_out):
+        merged = json.loads((folder / "summary.json").read_text())
+        assert merged["counts"]["done"] == 5 and all((folder / f"{c}.nii.gz").is_file() for c in "abcde")
+    assert json.loads((cal_out / "summary.json").read_text())["calibration"]["thresholds"] == {"all": 0.3}
