@@ -87,6 +87,7 @@ def test_cli_import_then_predict_writes_labels(tmp_path, capsys):
     labels, geom = read_image(tmp_path / "pred" / "case.nii.gz")
     assert labels.shape == (10, 20, 18) and set(np.unique(labels)) <= {0, 1, 2}
     assert geom.matches(geometry) is None
+    assert "shift" not in json.loads((tmp_path / "pred" / "summary.json").read_text())  # no training statistics
 
 
 def test_transpose_forward_is_undone_in_kernels_and_plan(tmp_path):
