@@ -90,6 +90,35 @@ def test_cli_import_then_predict_writes_labels(tmp_path, capsys):
     assert "shift" not in json.loads((tmp_path / "pred" / "summary.json").read_text())  # no training statistics
 
 
+def test_shift_reference_from_training_images_turns_the_shift_check_on(tmp_path, capsys):
+    """--shift-reference fits each fold's feature reference on the given images; predict then scores the features."""
+    from volseg.io.nifti import Geometry, write_image
+
+    folder, _ = write_results_folder(tmp_path / "results", replace(FolderSpec(), folds=(0, 1)))
+    rng = np.random.default_rng(1)
+    geometry = Geometry((10, 20, 18), (2.0, 1.0, 1.0))
+    train, new = tmp_path / "imagesTr", tmp_path / "imagesTs"
+    for i, where in enumerate((train, train, train, new)):
+        image = (100 + 80 * rng.standard_normal((10, 20, 18))).astype(np.float32)
+        write_image(where / f"case{i}_0000.nii.gz", image, geometry)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main(["import-nnunet", str(folder), "-o", str(tmp_path / "bad"), "--shift-reference", str(empty),
+                 "--device", "cpu"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert f"{empty}: no .nii/.nii.gz images" in err and "\n" not in err
+    assert not (tmp_path / "bad").exists()  # refused before the model folder is written
+    out = tmp_path / "model"
+    assert main(["import-nnunet", str(folder), "-o", str(out), "--shift-reference", str(train), "--device", "cpu"]) == 0
+    assert "feature reference of 2 fold(s)" in capsys.readouterr().out
+    assert all((out / f"fold_{k}" / "shift_features.pt").is_file() for k in (0, 1))
+    assert main(["predict", "-i", str(new), "-o", str(tmp_path / "pred"), "-m", str(out), "--runtime", "torch",
+                 "--no-progress", "--no-tta"]) == 0
+    summary = json.loads((tmp_path / "pred" / "summary.json").read_text())
+    assert summary["shift"]["scores"] == ["features", "uncertainty"]
+    assert np.isfinite(summary["cases"]["case3"]["shift"]["scores"]["features"])
+
+
 def test_transpose_forward_is_undone_in_kernels_and_plan(tmp_path):
     """transpose_forward [2, 0, 1]: the imported network on untransposed input = the original on the transposed one."""
     spec = FolderSpec(transpose_forward=[2, 0, 1], kernel_sizes_t=[[3, 1, 3], [3, 3, 3], [3, 3, 3]],

@@ -23,14 +23,25 @@ def add_parser(sub) -> argparse.ArgumentParser:
                    "as fold_K/checkpoint_final.pt")
     p.add_argument("-c", "--configuration",
                    help="nnU-Net configuration (default: the folder name's, e.g. 3d_fullres)")
+    p.add_argument("--shift-reference", nargs="+", metavar="IMAGES",
+                   help="folders (or files) of images the model was trained on, e.g. nnUNet_raw/DatasetXXX/imagesTr: "
+                        "each fold's network runs over random tiles of up to 32 of them, and predict's input-shift "
+                        "check then compares new cases with those features (docs/shift.md). Without it, an imported "
+                        "model has no shift check")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
+                   help="where the networks run for --shift-reference (default: cuda if available)")
     return p
 
 
 def run(args: argparse.Namespace) -> int:
-    from volseg.importers import import_nnunet
+    from volseg.importers.nnunet import map_nnunet_model, write_model_folder
 
-    mapped = import_nnunet(args.results, args.out, folds=args.folds, checkpoint=args.checkpoint,
-                           configuration=args.configuration)
+    mapped = map_nnunet_model(args.results, args.folds, args.checkpoint, args.configuration)
+    if args.shift_reference:  # the images are known to be there before anything is written
+        from volseg.inference.cases import find_input_cases
+
+        find_input_cases(args.shift_reference, len(mapped.plans["dataset"]["channel_names"]))
+    write_model_folder(mapped, args.out)
     rec, cfg = mapped.record, mapped.plans["configurations"][mapped.config_name]
     print(f"imported {rec['trainer']} / {rec['plans_name']} / {mapped.config_name}, folds "
           f"{', '.join(mapped.states)} ({rec['checkpoint']}) → {args.out}")
@@ -38,4 +49,11 @@ def run(args: argparse.Namespace) -> int:
           f"mirroring axes {cfg['inference']['mirror_axes']}")
     for note in rec["notes"]:
         print(f"  note: {note}")
+    if args.shift_reference:
+        from volseg.inference.predictor import resolve_device
+        from volseg.shift.features import fit_features_from_images
+
+        written = fit_features_from_images(args.out, args.shift_reference, resolve_device(args.device))
+        print(f"  shift check: feature reference of {len(written)} fold(s) from {', '.join(args.shift_reference)} "
+              "(volseg calibrate-shift adds its p-values)")
     return 0

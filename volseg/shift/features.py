@@ -249,3 +249,60 @@ def fit_fold_features(model_dir: str | os.PathLike, plan_dir: str | os.PathLike,
     if ref is None:
         return None
     return ref.save(fold_dir(model_dir, fold) / FILE_NAME)
+
+
+class _PreparedCases:
+    """The cases of ``inputs`` preprocessed for ``model`` one at a time, when indexed (a
+    sequence for :func:`fit_feature_reference`, which reads each chosen case once)."""
+
+    def __init__(self, model, cases: list) -> None:
+        self.model, self.cases = model, cases
+
+    def __len__(self) -> int:
+        return len(self.cases)
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        from volseg.inference.cases import read_input_case
+        from volseg.inference.predictor import prepare
+
+        images, geometry = read_input_case(self.cases[i], self.model.num_channels)
+        return prepare(self.model, images, geometry)[0]
+
+
+def fit_features_from_images(model_dir: str | os.PathLike, inputs: Sequence[str | os.PathLike],
+                             device: torch.device | str = "cpu", seed: int = 0) -> list[Path]:
+    """Fit and write every fold's ``fold_K/shift_features.pt`` from raw images like the
+    training data (for a model folder that training did not write, e.g. an imported one).
+
+    Args:
+        model_dir: The model folder.
+        inputs: Folders of ``CASE_0000.nii.gz``-style files or image files, as ``predict``
+            takes them; up to :data:`MAX_CASES` cases are chosen at random (``seed``) and
+            preprocessed with the model's plan, one at a time.
+        device: Where the networks run.
+
+    Returns:
+        The files written, one per fold.
+
+    Raises:
+        VolsegError: No case in ``inputs``, a case that cannot be read, or a network without
+            the decoder whose input the features are taken from.
+    """
+    from volseg.errors import VolsegError
+    from volseg.inference.cases import find_input_cases
+    from volseg.model import fold_dir, load_model
+
+    model = load_model(model_dir, None, "final", device)
+    cases = find_input_cases(list(inputs), model.num_channels)
+    if not cases:
+        raise VolsegError(inputs[0] if inputs else None, "no cases found to fit the shift check's feature reference on")
+    inf = model.config["inference"]
+    written = []
+    for fold, network in zip(model.folds, model.networks):
+        ref = fit_feature_reference(network.eval(), _PreparedCases(model, cases), model.config["patch_size"],
+                                    inf["step_fraction"], seed=seed, device=device)
+        if ref is None:
+            raise VolsegError(model_dir, f"fold {fold}: no feature reference could be fitted (a network without a "
+                              "decoder, or fewer than 2 tiles in the given cases)")
+        written.append(ref.save(fold_dir(model_dir, fold) / FILE_NAME))
+    return written
