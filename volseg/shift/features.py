@@ -217,19 +217,36 @@ def fit_feature_reference(network: torch.nn.Module, images: Sequence, patch_size
     Returns:
         The reference, or None when the network has no decoder or fewer than 2 tiles ran.
     """
-    rng = np.random.default_rng(seed)
+    return fit_feature_references([network], images, patch_size, step_fraction, tiles_per_case, max_cases, seed,
+                                  device)[0]
+
+
+def fit_feature_references(networks: Sequence[torch.nn.Module], images: Sequence, patch_size: Sequence[int],
+                           step_fraction: float, tiles_per_case: int = TILES_PER_CASE, max_cases: int = MAX_CASES,
+                           seed: int = 0, device: torch.device | str = "cpu") -> list[FeatureReference | None]:
+    """:func:`fit_feature_reference` of each of ``networks`` (e.g. one per fold), reading each
+    chosen image once: every network gets the cases and tiles it would get alone."""
+    rngs = [np.random.default_rng(seed) for _ in networks]
     order = list(range(len(images)))
-    if len(order) > max_cases:
-        order = sorted(rng.choice(len(order), max_cases, replace=False).tolist())
-    feats = []
+    if len(order) > max_cases:  # every generator draws (the same cases), so that each goes on as it would alone
+        order = [sorted(r.choice(len(order), max_cases, replace=False).tolist()) for r in rngs][0]
+    feats: list[list[np.ndarray] | None] = [[] for _ in networks]
     for i in order:
-        f = tile_features(network, torch.from_numpy(np.array(images[i], dtype=np.float32)), patch_size,
-                          step_fraction, tiles_per_case, rng, device=device)
-        if f is None:
-            return None
-        feats.append(f)
-    feats = np.concatenate(feats) if feats else np.zeros((0, 0))
-    return FeatureReference.fit(feats) if feats.shape[0] >= 2 else None
+        if all(f is None for f in feats):  # no network has a decoder to take features from
+            break
+        image = torch.from_numpy(np.array(images[i], dtype=np.float32))
+        for k, network in enumerate(networks):
+            if feats[k] is not None:
+                f = tile_features(network, image, patch_size, step_fraction, tiles_per_case, rngs[k], device=device)
+                if f is None:
+                    feats[k] = None
+                else:
+                    feats[k].append(f)
+    refs = []
+    for fk in feats:
+        x = np.concatenate(fk) if fk else np.zeros((0, 0))
+        refs.append(FeatureReference.fit(x) if fk is not None and x.shape[0] >= 2 else None)
+    return refs
 
 
 def fit_fold_features(model_dir: str | os.PathLike, plan_dir: str | os.PathLike, fold: str,
@@ -253,7 +270,7 @@ def fit_fold_features(model_dir: str | os.PathLike, plan_dir: str | os.PathLike,
 
 class _PreparedCases:
     """The cases of ``inputs`` preprocessed for ``model`` one at a time, when indexed (a
-    sequence for :func:`fit_feature_reference`, which reads each chosen case once)."""
+    sequence for :func:`fit_feature_references`, which reads each chosen case once)."""
 
     def __init__(self, model, cases: list) -> None:
         self.model, self.cases = model, cases
@@ -297,10 +314,10 @@ def fit_features_from_images(model_dir: str | os.PathLike, inputs: Sequence[str 
     if not cases:
         raise VolsegError(inputs[0] if inputs else None, "no cases found to fit the shift check's feature reference on")
     inf = model.config["inference"]
+    refs = fit_feature_references([n.eval() for n in model.networks], _PreparedCases(model, cases),
+                                  model.config["patch_size"], inf["step_fraction"], seed=seed, device=device)
     written = []
-    for fold, network in zip(model.folds, model.networks):
-        ref = fit_feature_reference(network.eval(), _PreparedCases(model, cases), model.config["patch_size"],
-                                    inf["step_fraction"], seed=seed, device=device)
+    for fold, ref in zip(model.folds, refs):
         if ref is None:
             raise VolsegError(model_dir, f"fold {fold}: no feature reference could be fitted (a network without a "
                               "decoder, or fewer than 2 tiles in the given cases)")
