@@ -91,16 +91,18 @@ def test_cli_import_then_predict_writes_labels(tmp_path, capsys):
 
 
 def test_shift_reference_from_training_images_turns_the_shift_check_on(tmp_path, capsys):
-    """--shift-reference fits each fold's feature reference on the given images; predict then scores the features."""
+    """--shift-reference measures the given images and fits each fold's feature reference on them; predict then
+    scores both, and names a statistic outside the training range."""
     from volseg.io.nifti import Geometry, write_image
 
     folder, _ = write_results_folder(tmp_path / "results", replace(FolderSpec(), folds=(0, 1)))
     rng = np.random.default_rng(1)
     geometry = Geometry((10, 20, 18), (2.0, 1.0, 1.0))
     train, new = tmp_path / "imagesTr", tmp_path / "imagesTs"
-    for i, where in enumerate((train, train, train, new)):
+    for i, where in enumerate((train, train, train, new, new)):
         image = (100 + 80 * rng.standard_normal((10, 20, 18))).astype(np.float32)
-        write_image(where / f"case{i}_0000.nii.gz", image, geometry)
+        thick = Geometry((10, 20, 18), (5.0, 1.0, 1.0))  # case4: 5 mm slices
+        write_image(where / f"case{i}_0000.nii.gz", image, thick if i == 4 else geometry)
     empty = tmp_path / "empty"
     empty.mkdir()
     assert main(["import-nnunet", str(folder), "-o", str(tmp_path / "bad"), "--shift-reference", str(empty),
@@ -110,13 +112,20 @@ def test_shift_reference_from_training_images_turns_the_shift_check_on(tmp_path,
     assert not (tmp_path / "bad").exists()  # refused before the model folder is written
     out = tmp_path / "model"
     assert main(["import-nnunet", str(folder), "-o", str(out), "--shift-reference", str(train), "--device", "cpu"]) == 0
-    assert "feature reference of 2 fold(s)" in capsys.readouterr().out
+    assert "fingerprint statistics of 3 case(s) and the feature reference of 2 fold(s)" in capsys.readouterr().out
     assert all((out / f"fold_{k}" / "shift_features.pt").is_file() for k in (0, 1))
+    record = json.loads((out / "shift_fingerprint.json").read_text())
+    assert sorted(record["cases"]) == ["case0", "case1", "case2"]
+    assert record["cases"]["case0"]["spacing z"] == 2.0 and "channel 0 foreground p50" not in record["cases"]["case0"]
     assert main(["predict", "-i", str(new), "-o", str(tmp_path / "pred"), "-m", str(out), "--runtime", "torch",
                  "--no-progress", "--no-tta"]) == 0
     summary = json.loads((tmp_path / "pred" / "summary.json").read_text())
-    assert summary["shift"]["scores"] == ["features", "uncertainty"]
-    assert np.isfinite(summary["cases"]["case3"]["shift"]["scores"]["features"])
+    assert summary["shift"]["scores"] == ["fingerprint", "features", "uncertainty"]
+    like, thick = (summary["cases"][c]["shift"] for c in ("case3", "case4"))
+    assert np.isfinite(like["scores"]["features"])
+    assert [o["statistic"] for o in thick["outside_training_range"]][:1] == ["spacing z"]
+    assert "spacing z" not in [o["statistic"] for o in like["outside_training_range"]]
+    assert thick["scores"]["fingerprint"] > like["scores"]["fingerprint"]
 
 
 def test_transpose_forward_is_undone_in_kernels_and_plan(tmp_path):

@@ -25,8 +25,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
                    help="nnU-Net configuration (default: the folder name's, e.g. 3d_fullres)")
     p.add_argument("--shift-reference", nargs="+", metavar="IMAGES",
                    help="folders (or files) of images the model was trained on, e.g. nnUNet_raw/DatasetXXX/imagesTr: "
-                        "each fold's network runs over random tiles of up to 32 of them, and predict's input-shift "
-                        "check then compares new cases with those features (docs/shift.md). Without it, an imported "
+                        "up to 32 of them are measured (spacing, shape, intensities, noise, orientation) and each "
+                        "fold's network runs over random tiles of them, and predict's input-shift check then compares "
+                        "new cases with those statistics and features (docs/shift.md). Without it, an imported "
                         "model has no shift check")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
                    help="where the networks run for --shift-reference (default: cuda if available)")
@@ -51,9 +52,10 @@ def run(args: argparse.Namespace) -> int:
         print(f"  note: {note}")
     if args.shift_reference:
         from volseg.inference.predictor import resolve_device
-        from volseg.shift.features import fit_features_from_images
+        from volseg.shift.reference import fit_reference_from_images
 
-        written = fit_features_from_images(args.out, args.shift_reference, resolve_device(args.device))
-        print(f"  shift check: feature reference of {len(written)} fold(s) from {', '.join(args.shift_reference)} "
+        fitted = fit_reference_from_images(args.out, args.shift_reference, resolve_device(args.device))
+        print(f"  shift check: fingerprint statistics of {fitted.cases} case(s) and the feature reference of "
+              f"{len(fitted.features)} fold(s) from {', '.join(args.shift_reference)} "
               "(volseg calibrate-shift adds its p-values)")
     return 0

@@ -4,7 +4,8 @@ What the model folder keeps (written by training, see :mod:`volseg.workflow`):
 
 - ``fingerprint.json`` and ``splits.json``: the training cases' statistics
   (:mod:`volseg.shift.statistics`); the reference of a set of folds is the union of their
-  training cases;
+  training cases (an imported model keeps ``shift_fingerprint.json`` instead, see
+  :mod:`volseg.shift.reference`);
 - ``fold_K/shift_features.pt``: the fold network's feature reference (:mod:`volseg.shift.features`);
 - ``shift.json``: the scores of the out-of-fold cases, each predicted by the fold that did
   not train on it, exactly as ``predict`` scores a new case (:func:`fit_shift_calibration`).
@@ -55,12 +56,17 @@ def training_cases(model_dir: str | Path, folds: Sequence[str]) -> list[str] | N
 
 
 def fingerprint_reference(model_dir: str | Path, folds: Sequence[str]) -> FingerprintReference | None:
-    """The training statistics of ``folds`` from the model's fingerprint; None when the
-    fingerprint predates whole-image statistics or is missing."""
+    """The training statistics of ``folds`` from the model's fingerprint (``fingerprint.json``
+    and ``splits.json``, written by ``volseg plan`` and training), else every fold's from
+    ``shift_fingerprint.json`` (:mod:`volseg.shift.reference`, written by ``import-nnunet
+    --shift-reference``); None when the fingerprint predates whole-image statistics or both
+    are missing."""
     path = Path(model_dir) / "fingerprint.json"
     ids = training_cases(model_dir, folds)
     if not path.is_file() or ids is None:
-        return None
+        from volseg.shift.reference import load_fingerprint_statistics
+
+        return load_fingerprint_statistics(model_dir)
     records = {r["case_id"]: r for r in json.loads(path.read_text()).get("cases", [])}
     stats = [record_statistics(records[c]) for c in ids if c in records]
     stats = [s for s in stats if s is not None]
@@ -73,16 +79,9 @@ def load_calibration(model_dir: str | Path) -> dict | None:
     Raises:
         ModelError: The file is not a shift calibration.
     """
-    path = Path(model_dir) / CALIBRATION_FILE
-    if not path.is_file():
-        return None
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise ModelError(path, f"invalid JSON at line {e.lineno}: {e.msg}") from None
-    if not isinstance(data, dict) or data.get("format") != FORMAT or not isinstance(data.get("scores"), dict):
-        raise ModelError(path, f"not a volseg shift calibration (format {data.get('format') if isinstance(data, dict) else None!r})")
-    return data
+    from volseg.shift.reference import read_record
+
+    return read_record(Path(model_dir) / CALIBRATION_FILE, FORMAT, "a volseg shift calibration", "scores")
 
 
 @dataclass
