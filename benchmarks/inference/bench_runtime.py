@@ -18,11 +18,14 @@ Methods take turns for ``--rounds`` rounds, and the fastest run of each counts. 
 * **sliding window** on the preprocessed array: volseg's ``predict_sliding_window`` with each
   runtime against MONAI (labels only, Gaussian σ = patch/8, overlap 0.5, the same tile batch:
   ``--tile-batch``, by default what ``volseg predict`` takes on the CPU);
-* each method's share of voxels with volseg-torch's labels, and its peak resident set.
+* each method's share of voxels with volseg-torch's labels, and its peak resident set;
+* first, the arithmetic: the network's GFLOP per forward pass (torch's flop counter), the
+  rate at which each f32 runtime does them, and this CPU's f32 sgemm rate (torch and
+  OpenVINO, 2048³) beside it, so that a ratio the CPU cannot reach at f32 shows as such.
 
 Usage:
     python benchmarks/inference/bench_runtime.py [--rounds 2] [--nnunet-python ../peers/nnunet/bin/python]
-        [--work DIR]
+        [--work DIR] [--tile-batch N] [--arithmetic-only]
 """
 
 from __future__ import annotations
@@ -155,6 +158,70 @@ def run_window(method: str, model_dir: Path, images: Path, tta: bool, out: Path,
     return {"total": seconds, "peak_mb": peak_rss_mb()}
 
 
+def run_arithmetic(model_dir: Path, tiles: int | None) -> dict:
+    """The network's floating-point work on one tile batch, and the rate at which each f32
+    runtime does it, beside this CPU's f32 matrix-multiply rate (torch's and OpenVINO's
+    2048³ sgemm): how far the forward pass is from what the CPU can do at all."""
+    import openvino as ov
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from volseg.inference.predictor import PredictOptions, tile_batch, with_runtime
+    from volseg.model import load_model
+
+    def best(fn, n: int = 5) -> float:
+        fn()
+        times = []
+        for _ in range(n):
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+        return min(times)
+
+    model = load_model(model_dir)
+    cfg = model.config
+    x = torch.randn(tile_batch(cfg, PredictOptions(tile_batch=tiles), torch.device("cpu")), model.num_channels,
+                    *cfg["patch_size"])
+    rec: dict = {"tile_batch": x.shape[0]}
+    with torch.inference_mode():
+        with FlopCounterMode(display=False) as counter:
+            model.networks[0](x)
+        rec["gflop"] = counter.get_total_flops() / 1e9
+        for m, (runtime, precision) in RUNTIMES.items():
+            if precision == "f32":
+                net = with_runtime(model, PredictOptions(runtime=runtime, precision=precision, tile_batch=x.shape[0]),
+                                   torch.device("cpu"))[0].networks[0]
+                rec[m] = best(lambda: net(x))
+        n = 2048
+        a, b = torch.randn(n, n), torch.randn(n, n)
+        rec["sgemm_torch"] = 2 * n ** 3 / best(lambda: a @ b, 20) / 1e9
+
+    class MatMul(torch.nn.Module):
+        def forward(self, u: torch.Tensor) -> torch.Tensor:
+            return u @ b
+
+    compiled = ov.Core().compile_model(ov.convert_model(MatMul(), example_input=a), "CPU", {
+        "INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": torch.get_num_threads(),
+        "PERFORMANCE_HINT": "LATENCY"})
+    request, an = compiled.create_infer_request(), a.numpy()
+    rec["sgemm_openvino"] = 2 * n ** 3 / best(lambda: request.infer([an]), 20) / 1e9
+    return rec
+
+
+def print_arithmetic(rec: dict) -> None:
+    """Each f32 runtime's rate on one tile batch against the CPU's sgemm rate, and the rate
+    that half of torch's time (MONAI's network) would take."""
+    peak = max(rec["sgemm_torch"], rec["sgemm_openvino"])
+    print(f"\n== arithmetic: one forward pass of {rec['tile_batch']} tile(s), {rec['gflop']:.1f} GFLOP ==")
+    print(f"{'method':<24}{'seconds':>9}{'GFLOP/s':>9}{'of sgemm':>10}")
+    for m in (k for k in RUNTIMES if k in rec):
+        print(f"{m:<24}{rec[m]:>9.4f}{rec['gflop'] / rec[m]:>9.0f}{rec['gflop'] / rec[m] / peak:>9.0%}")
+    print(f"sgemm 2048³ f32: torch {rec['sgemm_torch']:.0f} GFLOP/s, OpenVINO {rec['sgemm_openvino']:.0f} GFLOP/s")
+    need = 2 * rec["gflop"] / rec["volseg-torch"]
+    print(f"0.5× torch's time per pass (what MONAI runs) takes {need:.0f} GFLOP/s, {need / peak:.0%} of this CPU's "
+          "sgemm rate")
+
+
 def _combinations(axes, r):
     import itertools
 
@@ -179,13 +246,19 @@ def main() -> None:
     ap.add_argument("--work", type=Path, help="working folder (default: a temporary one)")
     ap.add_argument("--tile-batch", type=int, help="tiles per forward pass of volseg and MONAI (default: what volseg "
                     "predict takes on the CPU, the imported plan's tile_batch_cpu; nnU-Net's predictor takes 1)")
+    ap.add_argument("--arithmetic-only", action="store_true",
+                    help="only the forward pass's GFLOP/s against this CPU's sgemm rate")
     ap.add_argument("--child", nargs=6, help=argparse.SUPPRESS)  # KIND METHOD TTA WORK OUT TILES
     args = ap.parse_args()
     if args.child:
         kind, method, tta, work, out, tiles = args.child
         work, tiles = Path(work), int(tiles) or None
-        rec = run_whole_case(method, work / "model", work / "images", Path(out), tta == "1", tiles) if kind == "case" \
-            else run_window(method, work / "model", work / "images", tta == "1", Path(out), tiles)
+        if kind == "arithmetic":
+            rec = run_arithmetic(work / "model", tiles)
+        elif kind == "case":
+            rec = run_whole_case(method, work / "model", work / "images", Path(out), tta == "1", tiles)
+        else:
+            rec = run_window(method, work / "model", work / "images", tta == "1", Path(out), tiles)
         print(json.dumps(rec))
         return
     peer = args.nnunet_python if args.nnunet_python.is_file() else None
@@ -206,6 +279,9 @@ def main() -> None:
     if peer is None:
         print(f"nnU-Net v2 not found at {args.nnunet_python}: its predictor is not measured "
               "(bash scripts/setup_peers.sh installs it, or pass --nnunet-python)")
+    print_arithmetic(child(["--child", "arithmetic", "-", "0", str(work), "-", str(tiles)]))
+    if args.arithmetic_only:
+        return
     for tta in (False, True):
         t = "1" if tta else "0"
         case, window = {}, {}
