@@ -110,6 +110,14 @@ def test_shift_reference_from_training_images_turns_the_shift_check_on(tmp_path,
     err = capsys.readouterr().err.strip()
     assert f"{empty}: no .nii/.nii.gz images" in err and "\n" not in err
     assert not (tmp_path / "bad").exists()  # refused before the model folder is written
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "case9_0000.nii.gz").write_bytes(b"not a NIfTI image")
+    assert main(["import-nnunet", str(folder), "-o", str(tmp_path / "bad"), "--shift-reference", str(train),
+                 str(broken), "--device", "cpu"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "case9_0000.nii.gz" in err and "\n" not in err
+    assert not (tmp_path / "bad").exists() and not list(tmp_path.glob(".bad.import-*"))  # nothing half-written
     out = tmp_path / "model"
     assert main(["import-nnunet", str(folder), "-o", str(out), "--shift-reference", str(train), "--device", "cpu"]) == 0
     assert "fingerprint statistics of 3 case(s) and the feature reference of 2 fold(s)" in capsys.readouterr().out

@@ -38,11 +38,20 @@ def run(args: argparse.Namespace) -> int:
     from volseg.importers.nnunet import map_nnunet_model, write_model_folder
 
     mapped = map_nnunet_model(args.results, args.folds, args.checkpoint, args.configuration)
+    fitted = []
+    finish = None
     if args.shift_reference:  # the images are known to be there before anything is written
         from volseg.inference.cases import find_input_cases
+        from volseg.inference.predictor import resolve_device
+        from volseg.shift.reference import fit_reference_from_images
 
         find_input_cases(args.shift_reference, len(mapped.plans["dataset"]["channel_names"]))
-    write_model_folder(mapped, args.out)
+        device = resolve_device(args.device)
+
+        def finish(folder):  # inside the model folder being assembled: a failure leaves none
+            fitted.append(fit_reference_from_images(folder, args.shift_reference, device))
+
+    write_model_folder(mapped, args.out, finish)
     rec, cfg = mapped.record, mapped.plans["configurations"][mapped.config_name]
     print(f"imported {rec['trainer']} / {rec['plans_name']} / {mapped.config_name}, folds "
           f"{', '.join(mapped.states)} ({rec['checkpoint']}) → {args.out}")
@@ -50,12 +59,8 @@ def run(args: argparse.Namespace) -> int:
           f"mirroring axes {cfg['inference']['mirror_axes']}")
     for note in rec["notes"]:
         print(f"  note: {note}")
-    if args.shift_reference:
-        from volseg.inference.predictor import resolve_device
-        from volseg.shift.reference import fit_reference_from_images
-
-        fitted = fit_reference_from_images(args.out, args.shift_reference, resolve_device(args.device))
-        print(f"  shift check: fingerprint statistics of {fitted.cases} case(s) and the feature reference of "
-              f"{len(fitted.features)} fold(s) from {', '.join(args.shift_reference)} "
+    for ref in fitted:
+        print(f"  shift check: fingerprint statistics of {ref.cases} case(s) and the feature reference of "
+              f"{len(ref.features)} fold(s) from {', '.join(args.shift_reference)} "
               "(volseg calibrate-shift adds its p-values)")
     return 0

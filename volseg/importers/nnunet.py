@@ -12,7 +12,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 
@@ -158,11 +158,13 @@ def _check_output(out: Path, results: ResultsFolder) -> None:
         raise ModelError(out, f"lies inside the nnU-Net results folder {results.root}; choose another output folder (-o)")
 
 
-def write_model_folder(mapped: MappedModel, out: str | os.PathLike) -> Path:
+def write_model_folder(mapped: MappedModel, out: str | os.PathLike,
+                       finish: Callable[[Path], object] | None = None) -> Path:
     """Write ``mapped`` as a volseg model folder at ``out`` (new, or an empty folder).
 
     The folder is assembled beside ``out``, loaded once with :func:`volseg.model.load_model`,
-    then renamed onto ``out``: a failure leaves no partial model folder.
+    given to ``finish`` (e.g. to fit the shift check's reference into it), then renamed onto
+    ``out``: a failure, ``finish``'s included, leaves no partial model folder.
 
     Layout: ``model.json`` (with an ``imported_from`` record), ``plans.json``, ``dataset.json``
     (the source's), ``nnunet/`` (the source's plans, dataset and fingerprint files) and
@@ -193,6 +195,8 @@ def write_model_folder(mapped: MappedModel, out: str | os.PathLike) -> Path:
                              "fold": fold, "epoch": mapped.record["folds"][fold]["epoch"],
                              "imported_from": f"{SOURCE_FORMAT} {mapped.record['folds'][fold]['file']}"})
         load_model(tmp, list(mapped.states), "final", "cpu")
+        if finish is not None:
+            finish(tmp)
         if out.is_dir():
             out.rmdir()
         os.replace(tmp, out)
