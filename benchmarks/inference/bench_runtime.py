@@ -160,9 +160,9 @@ def run_window(method: str, model_dir: Path, images: Path, tta: bool, out: Path,
 
 def run_arithmetic(model_dir: Path, tiles: int | None) -> dict:
     """The network's floating-point work on one tile batch, and the rate at which each f32
-    runtime does it, beside this CPU's f32 matrix-multiply rate (torch's and OpenVINO's
-    2048³ sgemm): how far the forward pass is from what the CPU can do at all."""
-    import openvino as ov
+    runtime does it, beside this CPU's f32 matrix-multiply rate (torch's and, when installed,
+    OpenVINO's 2048³ sgemm): how far the forward pass is from what the CPU does on dense
+    float32 work. A runtime that is missing or fails volseg's check is left out."""
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
@@ -183,18 +183,26 @@ def run_arithmetic(model_dir: Path, tiles: int | None) -> dict:
     x = torch.randn(tile_batch(cfg, PredictOptions(tile_batch=tiles), torch.device("cpu")), model.num_channels,
                     *cfg["patch_size"])
     rec: dict = {"tile_batch": x.shape[0]}
-    with torch.inference_mode():
-        with FlopCounterMode(display=False) as counter:
-            model.networks[0](x)
-        rec["gflop"] = counter.get_total_flops() / 1e9
-        for m, (runtime, precision) in RUNTIMES.items():
-            if precision == "f32":
-                net = with_runtime(model, PredictOptions(runtime=runtime, precision=precision, tile_batch=x.shape[0]),
-                                   torch.device("cpu"))[0].networks[0]
-                rec[m] = best(lambda: net(x))
-        n = 2048
-        a, b = torch.randn(n, n), torch.randn(n, n)
-        rec["sgemm_torch"] = 2 * n ** 3 / best(lambda: a @ b, 20) / 1e9
+    for m, (runtime, precision) in RUNTIMES.items():
+        if precision != "f32":
+            continue
+        chosen, choice = with_runtime(model, PredictOptions(runtime=runtime, precision=precision,
+                                                            tile_batch=x.shape[0]), torch.device("cpu"))
+        if choice.runtime != runtime:
+            continue  # missing here, or it disagreed with torch: torch would run in its place
+        with torch.inference_mode():
+            if m == "volseg-torch":
+                with FlopCounterMode(display=False) as counter:
+                    chosen.networks[0](x)
+                rec["gflop"] = counter.get_total_flops() / 1e9
+            rec[m] = best(lambda: chosen.networks[0](x))
+    n = 2048
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    rec["sgemm_torch"] = 2 * n ** 3 / best(lambda: a @ b, 20) / 1e9
+    try:
+        import openvino as ov
+    except ImportError:
+        return rec
 
     class MatMul(torch.nn.Module):
         def forward(self, u: torch.Tensor) -> torch.Tensor:
@@ -211,12 +219,13 @@ def run_arithmetic(model_dir: Path, tiles: int | None) -> dict:
 def print_arithmetic(rec: dict) -> None:
     """Each f32 runtime's rate on one tile batch against the CPU's sgemm rate, and the rate
     that half of torch's time (MONAI's network) would take."""
-    peak = max(rec["sgemm_torch"], rec["sgemm_openvino"])
+    peak = max(rec["sgemm_torch"], rec.get("sgemm_openvino", 0.0))
     print(f"\n== arithmetic: one forward pass of {rec['tile_batch']} tile(s), {rec['gflop']:.1f} GFLOP ==")
     print(f"{'method':<24}{'seconds':>9}{'GFLOP/s':>9}{'of sgemm':>10}")
     for m in (k for k in RUNTIMES if k in rec):
         print(f"{m:<24}{rec[m]:>9.4f}{rec['gflop'] / rec[m]:>9.0f}{rec['gflop'] / rec[m] / peak:>9.0%}")
-    print(f"sgemm 2048³ f32: torch {rec['sgemm_torch']:.0f} GFLOP/s, OpenVINO {rec['sgemm_openvino']:.0f} GFLOP/s")
+    ov_rate = f"{rec['sgemm_openvino']:.0f} GFLOP/s" if "sgemm_openvino" in rec else "not installed"
+    print(f"sgemm 2048³ f32: torch {rec['sgemm_torch']:.0f} GFLOP/s, OpenVINO {ov_rate}")
     need = 2 * rec["gflop"] / rec["volseg-torch"]
     print(f"0.5× torch's time per pass (what MONAI runs) takes {need:.0f} GFLOP/s, {need / peak:.0%} of this CPU's "
           "sgemm rate")

@@ -129,11 +129,11 @@ def test_shift_reference_from_training_images_turns_the_shift_check_on(tmp_path,
                  "--no-progress", "--no-tta"]) == 0
     summary = json.loads((tmp_path / "pred" / "summary.json").read_text())
     assert summary["shift"]["scores"] == ["fingerprint", "features", "uncertainty"]
-    like, thick = (summary["cases"][c]["shift"] for c in ("case3", "case4"))
+    like, thick_slices = (summary["cases"][c]["shift"] for c in ("case3", "case4"))
     assert np.isfinite(like["scores"]["features"])
-    assert [o["statistic"] for o in thick["outside_training_range"]][:1] == ["spacing z"]
+    assert [o["statistic"] for o in thick_slices["outside_training_range"]][:1] == ["spacing z"]
     assert "spacing z" not in [o["statistic"] for o in like["outside_training_range"]]
-    assert thick["scores"]["fingerprint"] > like["scores"]["fingerprint"]
+    assert thick_slices["scores"]["fingerprint"] > like["scores"]["fingerprint"]
 
 
 def test_transpose_forward_is_undone_in_kernels_and_plan(tmp_path):

@@ -3,7 +3,6 @@
 import json
 import shutil
 
-
 import volseg
 from volseg.cli.main import main
 from volseg.io.nifti import Geometry, read_image, write_image

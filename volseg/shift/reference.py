@@ -94,7 +94,7 @@ def fit_reference_from_images(model_dir: str | os.PathLike, inputs: Sequence[str
                               "decoder, or fewer than 2 tiles in the given cases)")
     written = [ref.save(fold_dir(model_dir, fold) / FEATURES_FILE) for fold, ref in zip(model.folds, refs)]
     path = write_json(Path(model_dir) / FILE_NAME,
-                      {"format": FORMAT, "version": 1, "inputs": [str(p) for p in inputs],
+                      {"format": FORMAT, "version": 1, "inputs": [str(Path(p).resolve()) for p in inputs],
                        "cases": dict(sorted(measured.statistics.items()))})
     return FittedReference(written, path, len(measured.statistics))
 
@@ -104,7 +104,8 @@ def read_record(path: Path, fmt: str, what: str, field: str) -> dict | None:
     object, or None when there is no file.
 
     Raises:
-        ModelError: Invalid JSON, or not such a record (``what`` names it, e.g. "a volseg shift calibration").
+        ModelError: Invalid JSON, another format (``what`` names the expected one, e.g. "a
+            volseg shift calibration"), or no ``field`` object.
     """
     if not path.is_file():
         return None
@@ -112,9 +113,10 @@ def read_record(path: Path, fmt: str, what: str, field: str) -> dict | None:
         data = json.loads(path.read_text())
     except json.JSONDecodeError as e:
         raise ModelError(path, f"invalid JSON at line {e.lineno}: {e.msg}") from None
-    if not isinstance(data, dict) or data.get("format") != fmt or not isinstance(data.get(field), Mapping):
-        raise ModelError(path, f"not {what} (format {data.get('format') if isinstance(data, dict) else None!r}, "
-                         f"or no {field})")
+    if not isinstance(data, dict) or data.get("format") != fmt:
+        raise ModelError(path, f"not {what} (format {data.get('format') if isinstance(data, dict) else None!r})")
+    if not isinstance(data.get(field), Mapping):
+        raise ModelError(path, f"has no {field!r} object")
     return data
 
 
@@ -122,10 +124,17 @@ def load_fingerprint_statistics(model_dir: str | os.PathLike) -> FingerprintRefe
     """The reference of ``MODEL/shift_fingerprint.json`` (every fold's), or None without it.
 
     Raises:
-        ModelError: The file is not such a record.
+        ModelError: The file is not such a record, or a case's statistics are not numbers
+            by name.
     """
     path = Path(model_dir) / FILE_NAME
     data = read_record(path, FORMAT, "a volseg shift fingerprint record", "cases")
-    if data is not None and not data["cases"]:
+    if data is None:
+        return None
+    for case_id, stats in data["cases"].items():
+        if not isinstance(stats, Mapping) or not stats or not all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v) for v in stats.values()):
+            raise ModelError(path, f"case {case_id!r}: expected its statistics as finite numbers by name")
+    if not data["cases"]:
         raise ModelError(path, "holds no cases")
-    return None if data is None else FingerprintReference.from_statistics(list(data["cases"].values()))
+    return FingerprintReference.from_statistics(list(data["cases"].values()))
