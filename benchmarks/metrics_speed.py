@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import cpu_name, print_versions  # noqa: E402
+from common import best_of, cpu_name, print_versions  # noqa: E402
 
 
 def _ellipsoid(out: np.ndarray, value: int, centre, radii_vox, rng=None, bumps: float = 0.0) -> None:
@@ -66,16 +66,6 @@ def make_pair(shape, spacing, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
         c = [rng.uniform(0.1, 0.9) * s for s in shape]
         _ellipsoid(pred, 2, c, [3.0 / sp for sp in spacing])
     return pred, ref
-
-
-def best_of(repeat: int, fn):
-    """(result, fastest wall time in s) of ``repeat`` calls: the machine may be shared."""
-    best, out = float("inf"), None
-    for _ in range(repeat):
-        t = time.perf_counter()
-        out = fn()
-        best = min(best, time.perf_counter() - t)
-    return out, best
 
 
 def time_volseg(pred, ref, spacing, tol, repeat):

@@ -44,7 +44,7 @@ import numpy as np
 HERE = Path(__file__).resolve()
 REPO = HERE.parents[2]
 sys.path.insert(0, str(HERE.parents[1]))  # benchmarks/
-from common import DEFAULT_PEER, cpu_flags, cpu_name, monai_labels, peak_rss_mb, print_versions  # noqa: E402
+from common import DEFAULT_PEER, best_of, cpu_flags, cpu_name, monai_labels, peak_rss_mb, print_versions  # noqa: E402
 
 RUNTIMES = {"volseg-torch": ("torch", "f32"), "volseg-openvino": ("openvino", "f32"),
             "volseg-onnxruntime": ("onnxruntime", "f32"), "volseg-openvino-bf16": ("openvino", "bf16")}
@@ -169,14 +169,9 @@ def run_arithmetic(model_dir: Path, tiles: int | None) -> dict:
     from volseg.inference.predictor import PredictOptions, tile_batch, with_runtime
     from volseg.model import load_model
 
-    def best(fn, n: int = 5) -> float:
+    def best(fn, n: int = 5) -> float:  # after one warm-up call
         fn()
-        times = []
-        for _ in range(n):
-            t0 = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - t0)
-        return min(times)
+        return best_of(n, fn)[1]
 
     model = load_model(model_dir)
     cfg = model.config

@@ -31,6 +31,7 @@ import numpy as np
 from volseg.errors import ModelError
 from volseg.shift.features import FILE_NAME, FeatureReference
 from volseg.shift.pvalues import combined_pvalue, conformal_pvalue, smallest_pvalue
+from volseg.shift.reference import load_fingerprint_statistics, read_record
 from volseg.shift.statistics import FingerprintReference, case_statistics, format_outside, record_statistics
 
 log = logging.getLogger(__name__)
@@ -64,8 +65,6 @@ def fingerprint_reference(model_dir: str | Path, folds: Sequence[str]) -> Finger
     path = Path(model_dir) / "fingerprint.json"
     ids = training_cases(model_dir, folds)
     if not path.is_file() or ids is None:
-        from volseg.shift.reference import load_fingerprint_statistics
-
         return load_fingerprint_statistics(model_dir)
     records = {r["case_id"]: r for r in json.loads(path.read_text()).get("cases", [])}
     stats = [record_statistics(records[c]) for c in ids if c in records]
@@ -79,8 +78,6 @@ def load_calibration(model_dir: str | Path) -> dict | None:
     Raises:
         ModelError: The file is not a shift calibration.
     """
-    from volseg.shift.reference import read_record
-
     return read_record(Path(model_dir) / CALIBRATION_FILE, FORMAT, "a volseg shift calibration", "scores")
 
 

@@ -131,10 +131,10 @@ def load_fingerprint_statistics(model_dir: str | os.PathLike) -> FingerprintRefe
     data = read_record(path, FORMAT, "a volseg shift fingerprint record", "cases")
     if data is None:
         return None
+    if not data["cases"]:
+        raise ModelError(path, "holds no cases")
     for case_id, stats in data["cases"].items():
         if not isinstance(stats, Mapping) or not stats or not all(
                 isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v) for v in stats.values()):
             raise ModelError(path, f"case {case_id!r}: expected its statistics as finite numbers by name")
-    if not data["cases"]:
-        raise ModelError(path, "holds no cases")
     return FingerprintReference.from_statistics(list(data["cases"].values()))
